@@ -1,0 +1,177 @@
+"""Conf: the run and the cluster, apart from the network (as in the seed).
+
+A ``Conf`` names the model kind (the seed's ``setMultiLayerClazz``), holds the
+``NeuralNetConfiguration``, and says how the run is split: batch size per
+worker, epochs, workers, averaging frequency, and where the cluster's services
+live. Loaded from YAML or JSON (``Conf.load``), overridden from the CLI
+(``conf.replace``), printed at start with secrets masked (``conf.describe``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deepgrid.config.network import NeuralNetConfiguration
+from deepgrid.config.validation import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    Rule,
+    check,
+    reject_unknown_keys,
+)
+from deepgrid.errors import ConfigError, invalid
+
+DATASETS = ("fashion-mnist", "mnist")
+
+RULES: dict[str, Rule] = {
+    "model": Rule("str"),
+    "dataset": Rule("choice", choices=DATASETS),
+    "data_dir": Rule("opt_str"),
+    "binarize": Rule("bool"),
+    "train_limit": Rule("opt_int", low=1),
+    "test_limit": Rule("opt_int", low=1),
+    "validation_fraction": Rule("float", low=0, high=0.5),
+    "batch_size": POSITIVE_INT,
+    "epochs": Rule("opt_int", low=1),
+    "workers": Rule("opt_int", low=1),
+    "averaging_frequency": POSITIVE_INT,
+    "data_feed": Rule("choice", choices=("shard", "object_store")),
+    "device": Rule("choice", choices=("cpu", "cuda")),
+    "threads_per_worker": POSITIVE_INT,
+    "patience": NON_NEGATIVE_INT,
+    "min_improvement": Rule("float", low=0),
+    "job_name": Rule("str"),
+    "engine_address": Rule("opt_str"),
+    "state_url": Rule("str"),
+    "registry_url": Rule("opt_str"),
+    "checkpoint_dir": Rule("opt_str"),
+    "checkpoint_every": POSITIVE_INT,
+    "keep_checkpoints": POSITIVE_INT,
+    "heartbeat_timeout_s": Rule("float", low=0.5),
+    "round_deadline_s": Rule("float", low=1),
+}
+
+# URLs may carry a password (redis://:secret@host); never print it.
+_SECRET_IN_URL = re.compile(r"(://[^:/@]*:)([^@]+)(@)")
+
+
+@dataclass(frozen=True)
+class Conf:
+    """Everything about the run and the cluster. See the module docstring."""
+
+    model: str = "dbn"
+    network: NeuralNetConfiguration = field(default_factory=NeuralNetConfiguration)
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None  # else $DEEPGRID_DATA, then Debian's /usr/share/datasets/<dataset>
+    binarize: bool = False  # inputs scaled to [0, 1]; True thresholds them at 0.5
+    train_limit: int | None = None  # use only the first N training examples (quick runs)
+    test_limit: int | None = None
+    validation_fraction: float = 0.0  # held out of training for early stopping
+    batch_size: int = 64  # per worker, as the seed split it
+    epochs: int | None = None  # passes of fine-tuning; None takes network.finetune_epochs
+    workers: int | None = None  # None: one per CPU core, as the seed's master did
+    averaging_frequency: int = 20  # mini-batches per job between parameter averages
+    data_feed: str = "shard"  # "shard": each worker reads its own; "object_store": master tosses jobs
+    device: str = "cpu"
+    threads_per_worker: int = 1
+    patience: int = 0  # early stopping: rounds without improvement before stopping; 0 = off
+    min_improvement: float = 1e-3
+    job_name: str = "deepgrid"
+    engine_address: str | None = None  # Ray address; None starts a local Ray
+    state_url: str = "memory://"
+    registry_url: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50  # rounds
+    keep_checkpoints: int = 3
+    heartbeat_timeout_s: float = 10.0
+    round_deadline_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        for name, rule in RULES.items():
+            object.__setattr__(self, name, check(name, getattr(self, name), rule))
+        if isinstance(self.network, dict):
+            object.__setattr__(self, "network", NeuralNetConfiguration.from_dict(self.network))
+        if not isinstance(self.network, NeuralNetConfiguration):
+            raise ConfigError(invalid("network", self.network, "a NeuralNetConfiguration or a mapping"))
+        # Deferred import: the model registry imports torch, configs should stay light.
+        from deepgrid.models.registry import check_model_name
+
+        object.__setattr__(self, "model", check_model_name(self.model))
+
+    @property
+    def finetune_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else self.network.finetune_epochs
+
+    @property
+    def effective_workers(self) -> int:
+        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
+
+    def replace(self, **changes: Any) -> Conf:
+        """A copy with the given fields changed; ``None`` values are ignored (CLI flags not given)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        reject_unknown_keys("Conf", changes, [f.name for f in fields(self)])
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation -------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["network"] = self.network.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Conf:
+        if not isinstance(data, dict):
+            raise ConfigError(f"A configuration must be a mapping of keys to values; got {type(data).__name__}.")
+        reject_unknown_keys("the configuration", data, [f.name for f in fields(cls)])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Conf:
+        """Read a Conf from a YAML (.yaml/.yml) or JSON (.json) file."""
+        return cls.from_dict(read_mapping(path))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        path = Path(path)
+        text = self.to_json() if path.suffix == ".json" else self.to_yaml()
+        path.write_text(text)
+
+    def describe(self) -> str:
+        """The effective configuration as YAML, secrets masked: printed at start."""
+        return mask_secrets(self.to_yaml())
+
+
+def mask_secrets(text: str) -> str:
+    return _SECRET_IN_URL.sub(r"\1***\3", text)
+
+
+def read_mapping(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML or JSON file, with one clear line for each way it can fail."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Configuration file {str(path)!r} does not exist; pass the path of a .yaml or .json file.")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}.") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}.") from None

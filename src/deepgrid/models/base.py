@@ -1,0 +1,257 @@
+"""The model interface every network implements, and the runtime drives.
+
+A model owns one ``torch.nn.Module`` (all its parameters) and says how to
+train it, phase by phase. The runtime needs only:
+
+* ``phases()``: the training phases in order (DBN: ``pretrain:0`` ...
+  ``pretrain:n-1``, then ``finetune``; MLP: ``finetune`` only);
+* ``train_step(phase, batches)``: train one phase on a list of mini-batches,
+  returning the samples seen and their mean loss;
+* ``get_flat_params()`` / ``set_flat_params()``: the parameters as one flat
+  float32 vector (what workers exchange); optimizer state stays in the model,
+  apart from the parameters, so each worker keeps its own.
+
+A subclass writes ``build()``, ``forward()`` and ``batch_loss()``, and
+``phases()``/``phase_parameters()`` when it has more than one phase. Model code
+knows nothing of distribution.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from deepgrid.config.network import NeuralNetConfiguration
+from deepgrid.data.arrays import as_features, as_labels
+from deepgrid.errors import ModelError
+
+if TYPE_CHECKING:
+    from deepgrid.train.evaluation import Evaluation
+
+Batch = tuple[Tensor, Tensor]  # x: (B, n_in) float32, y: (B,) int64
+
+FINETUNE = "finetune"
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "model.json"
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of training: its name, how many passes over the data, and its parameters' learning rate."""
+
+    name: str
+    epochs: int
+    supervised: bool = True
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one call of ``train_step`` did."""
+
+    n_samples: int
+    loss: float  # mean over the samples
+
+
+class Model:
+    """Base class of deepgrid's networks. See the module docstring."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, conf: NeuralNetConfiguration | None = None, **fields: Any) -> None:
+        if conf is not None and fields:
+            conf = conf.replace(**fields)
+        self.conf = conf if conf is not None else NeuralNetConfiguration(**fields)
+        torch.manual_seed(self.conf.seed)
+        self.module = self.build()
+        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    # -- what a subclass writes ------------------------------------------------
+    def build(self) -> nn.Module:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class scores (logits), shape (B, n_out), for x of shape (B, n_in)."""
+        raise NotImplementedError
+
+    def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(objective to differentiate, loss to report) for one mini-batch of ``phase``.
+
+        The two differ where the objective is a surrogate (an RBM's contrastive
+        divergence): the reported loss is then the reconstruction error.
+        """
+        loss = nn.functional.cross_entropy(self.forward(x), y)
+        return loss, loss
+
+    def phases(self, finetune_epochs: int | None = None) -> list[Phase]:
+        return [Phase(FINETUNE, finetune_epochs or self.conf.finetune_epochs)]
+
+    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
+        return list(self.module.parameters())
+
+    def phase_optimizer_settings(self, phase: str) -> tuple[str, float, float, float]:
+        """(optimizer, learning rate, momentum, l2) for ``phase``."""
+        c = self.conf
+        return c.optimizer, c.finetune_lr, c.momentum, c.l2
+
+    # -- the runtime interface ---------------------------------------------------
+    def train_step(self, phase: str, batches: Sequence[Batch]) -> StepResult:
+        """Train ``phase`` on ``batches`` in order: the inner reference loop.
+
+        Every path (``fit``, each distributed worker) trains through here.
+        """
+        optimizer = self.optimizer(phase)
+        self.module.train()
+        total = torch.zeros(())
+        n = 0
+        for x, y in batches:
+            optimizer.zero_grad(set_to_none=True)
+            objective, reported = self.batch_loss(phase, x, y)
+            objective.backward()
+            optimizer.step()
+            total += reported.detach() * len(x)  # a tensor sum: no sync per batch
+            n += len(x)
+        return StepResult(n, float(total) / max(n, 1))
+
+    def optimizer(self, phase: str) -> torch.optim.Optimizer:
+        """The optimizer of ``phase``, made on first use and kept (its state is this worker's)."""
+        if phase not in self._optimizers:
+            self._optimizers[phase] = make_optimizer(
+                self.phase_parameters(phase), *self.phase_optimizer_settings(phase)
+            )
+        return self._optimizers[phase]
+
+    def reset_optimizers(self) -> None:
+        self._optimizers.clear()
+
+    def get_flat_params(self) -> np.ndarray:
+        """All parameters as one new float32 vector, in ``module.parameters()`` order."""
+        with torch.no_grad():
+            flat = torch.cat([p.detach().reshape(-1).cpu() for p in self.module.parameters()])
+        return flat.numpy()
+
+    def set_flat_params(self, flat: np.ndarray | Tensor) -> None:
+        """Overwrite all parameters from a flat vector made by ``get_flat_params``."""
+        vector = torch.as_tensor(np.asarray(flat), dtype=torch.float32)
+        if vector.numel() != self.n_params:
+            raise ModelError(
+                f"Parameter vector has {vector.numel()} values but {self.name} has {self.n_params}; "
+                "it was made by a different network."
+            )
+        with torch.no_grad():
+            offset = 0
+            for p in self.module.parameters():
+                n = p.numel()
+                p.copy_(vector[offset : offset + n].view_as(p))
+                offset += n
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def to(self, device: str | torch.device) -> Model:
+        self.module.to(device)
+        self._optimizers.clear()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    # -- user-facing ---------------------------------------------------------------
+    def fit(self, x: Any, y: Any = None, *, epochs: int | None = None, batch_size: int = 64,
+            progress: bool = False) -> Model:
+        """Train every phase on (x, y) with the reference loop; returns self."""
+        from deepgrid.data.dataset import ArrayDataset
+        from deepgrid.train.loop import fit
+
+        data = x if isinstance(x, ArrayDataset) else ArrayDataset.from_any(x, y, n_in=self.conf.n_in)
+        fit(self, data, epochs=epochs, batch_size=batch_size, progress=progress)
+        return self
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities, shape (N, n_out)."""
+        features = as_features(x, self.conf.n_in)
+        self.module.eval()
+        out = []
+        with torch.no_grad():
+            for chunk in torch.split(features, 8192):
+                out.append(torch.softmax(self.forward(chunk.to(self.device)), dim=1).cpu())
+        return torch.cat(out).numpy()
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Predicted class labels, shape (N,)."""
+        return self.predict_proba(x).argmax(axis=1)
+
+    def score(self, x: Any, y: Any) -> float:
+        """Accuracy on (x, y)."""
+        labels = as_labels(y, self.conf.n_out)
+        return float((self.predict(x) == labels.numpy()).mean())
+
+    def evaluate(self, x: Any, y: Any) -> Evaluation:
+        """Accuracy, per-class precision/recall/F1 and the confusion matrix."""
+        from deepgrid.train.evaluation import Evaluation
+
+        return Evaluation.from_predictions(as_labels(y, self.conf.n_out).numpy(), self.predict(x),
+                                           n_classes=self.conf.n_out)
+
+    # -- persistence: safetensors for weights, JSON for configuration; never pickle --
+    def get_config(self) -> dict[str, Any]:
+        return {"model": self.name, "network": self.conf.to_dict()}
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``model.json`` and ``weights.safetensors`` into ``directory``."""
+        from deepgrid.checkpoint import save_model_files
+
+        return save_model_files(self, Path(directory), extra or {})
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Model:
+        """Load a model saved by ``save``; the class comes from ``model.json``."""
+        from deepgrid.checkpoint import load_model_files
+
+        model = load_model_files(Path(directory))
+        if cls is not Model and not isinstance(model, cls):
+            raise ModelError(f"{directory} holds a {model.name!r} model, not a {cls.name!r} model.")
+        return model
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.n_params} parameters, {json.dumps(self.conf.hidden_layer_sizes)})"
+
+
+def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float,
+                   l2: float) -> torch.optim.Optimizer:
+    """The optimizers a configuration may name."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=l2)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=l2)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=l2)
+    raise ModelError(f"Unknown optimizer {name!r}; expected one of 'sgd', 'adagrad', 'adam'.")
+
+
+def activation(name: str) -> nn.Module:
+    return {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU}[name]()
+
+
+def init_linear(layer: nn.Linear, scheme: str, nonlinearity: str = "sigmoid") -> nn.Linear:
+    """Initialise weights by ``scheme``; biases start at zero."""
+    with torch.no_grad():
+        if scheme == "xavier":
+            nn.init.xavier_uniform_(layer.weight)
+        elif scheme == "he":
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+        elif scheme == "normal":
+            nn.init.normal_(layer.weight, std=0.01)
+        else:
+            nn.init.zeros_(layer.weight)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    return layer

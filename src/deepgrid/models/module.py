@@ -1,0 +1,51 @@
+"""Any ``torch.nn.Module`` a user brings, trained through the same interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from deepgrid.config.network import NeuralNetConfiguration
+from deepgrid.models.base import Model
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class TorchModel(Model):
+    """Wraps ``module`` (x of shape (B, n_in) -> logits (B, n_out)) and a loss.
+
+    The network configuration still gives n_in, n_out, the optimizer and its
+    learning rate; the layers are the module's own::
+
+        model = TorchModel(nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)),
+                           optimizer="adam", finetune_lr=1e-3)
+    """
+
+    name = "module"
+
+    def __init__(self, module: nn.Module, loss: LossFn | None = None,
+                 conf: NeuralNetConfiguration | None = None, **fields: Any) -> None:
+        self._user_module = module
+        self._loss: LossFn = loss or nn.functional.cross_entropy
+        super().__init__(conf, **fields)
+
+    def build(self) -> nn.Module:
+        return self._user_module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x)
+
+    def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        loss = self._loss(self.forward(x), y)
+        return loss, loss
+
+    @classmethod
+    def load(cls, directory: str | Path, module: nn.Module | None = None,  # type: ignore[override]
+             loss: LossFn | None = None) -> TorchModel:
+        """Load weights saved by ``save`` into ``module`` (its code is the user's, not stored)."""
+        from deepgrid.checkpoint import load_model_files
+
+        return load_model_files(Path(directory), module=module, loss=loss)  # type: ignore[return-value]

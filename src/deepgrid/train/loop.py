@@ -1,0 +1,114 @@
+"""The reference training loop: one process, every phase, start to end.
+
+Each distributed path reduces to this: the data of an epoch are cut into
+mini-batches in a fixed order (``batch_order``), those into jobs of
+``job_size`` batches, and each job goes through ``model.train_step``. A
+distributed run hands the jobs to workers and averages their parameters; with
+one worker it computes exactly what this loop computes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from deepgrid.data.dataset import ArrayDataset
+from deepgrid.models.base import Model, Phase
+
+
+@dataclass
+class FitResult:
+    """What a run did: samples trained, seconds taken, and per-epoch losses."""
+
+    samples: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict[str, float | str]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def phase_seed(seed: int, phase_index: int) -> int:
+    """Each phase shuffles differently, every worker alike."""
+    return seed + 7919 * phase_index
+
+
+def jobs(order: torch.Tensor, job_size: int) -> Iterator[torch.Tensor]:
+    """Cut an epoch's batch order (n_batches, B) into jobs of ``job_size`` batches."""
+    for start in range(0, len(order), job_size):
+        yield order[start : start + job_size]
+
+
+def validation_loss(model: Model, data: ArrayDataset) -> float:
+    model.module.eval()
+    with torch.no_grad():
+        total = sum(float(model.batch_loss("finetune", x, y)[1]) * len(x)
+                    for x, y in zip(data.x.split(4096), data.y.split(4096), strict=True))
+    return total / len(data)
+
+
+class EarlyStopping:
+    """The seed's early stopping: stop after ``patience`` checks without improving by ``min_improvement``."""
+
+    def __init__(self, patience: int, min_improvement: float = 1e-3) -> None:
+        self.patience, self.min_improvement = patience, min_improvement
+        self.best, self.bad_checks = math.inf, 0
+
+    def should_stop(self, loss: float) -> bool:
+        if loss < self.best - self.min_improvement:
+            self.best, self.bad_checks = loss, 0
+        else:
+            self.bad_checks += 1
+        return self.patience > 0 and self.bad_checks >= self.patience
+
+
+def fit(
+    model: Model,
+    data: ArrayDataset,
+    *,
+    epochs: int | None = None,
+    batch_size: int = 64,
+    job_size: int = 20,
+    validation: ArrayDataset | None = None,
+    patience: int = 0,
+    min_improvement: float = 1e-3,
+    progress: bool = False,
+    on_epoch: Callable[[Phase, int, float], None] | None = None,
+) -> FitResult:
+    """Train every phase of ``model`` on ``data``; ``epochs`` overrides fine-tuning's passes."""
+    result = FitResult()
+    start = time.perf_counter()
+    for index, phase in enumerate(model.phases(epochs)):
+        stopper = EarlyStopping(patience, min_improvement)
+        seed = phase_seed(model.conf.seed, index)
+        for epoch in range(phase.epochs):
+            order = data.batch_order(batch_size, seed, epoch)  # (n_batches, batch_size)
+            bar = tqdm(total=len(order), desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}",
+                       unit="batch", disable=not progress, leave=False)
+            loss_sum, seen = 0.0, 0
+            for job in jobs(order, job_size):
+                step = model.train_step(phase.name, [data.batch(idx) for idx in job])
+                loss_sum += step.loss * step.n_samples
+                seen += step.n_samples
+                bar.update(len(job))
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            bar.close()
+            result.samples += seen
+            entry: dict[str, float | str] = {"phase": phase.name, "epoch": epoch + 1, "loss": loss_sum / max(seen, 1)}
+            if validation is not None and phase.supervised:
+                entry["validation_loss"] = validation_loss(model, validation)
+            result.history.append(entry)
+            if on_epoch is not None:
+                on_epoch(phase, epoch, float(entry["loss"]))
+            if "validation_loss" in entry and stopper.should_stop(float(entry["validation_loss"])):
+                result.stopped_early = True
+                break
+    result.elapsed_s = time.perf_counter() - start
+    return result
