@@ -38,13 +38,11 @@ if TYPE_CHECKING:
 Batch = tuple[Tensor, Tensor]  # x: (B, n_in) float32, y: (B,) int64
 
 FINETUNE = "finetune"
-WEIGHTS_FILE = "weights.safetensors"
-CONFIG_FILE = "model.json"
 
 
 @dataclass(frozen=True)
 class Phase:
-    """One stage of training: its name, how many passes over the data, and its parameters' learning rate."""
+    """One stage of training: its name, how many passes over the data, and whether it uses labels."""
 
     name: str
     epochs: int
@@ -194,12 +192,12 @@ class Model:
         labels = as_labels(y, self.conf.n_out)
         return float((self.predict(x) == labels.numpy()).mean())
 
-    def evaluate(self, x: Any, y: Any) -> Evaluation:
-        """Accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    def evaluate(self, x: Any, y: Any, labels: Sequence[str] | None = None) -> Evaluation:
+        """Accuracy, per-class precision/recall/F1 and the confusion matrix (``labels`` name the classes)."""
         from deepgrid.train.evaluation import Evaluation
 
         return Evaluation.from_predictions(as_labels(y, self.conf.n_out).numpy(), self.predict(x),
-                                           n_classes=self.conf.n_out)
+                                           n_classes=self.conf.n_out, labels=labels)
 
     # -- persistence: safetensors for weights, JSON for configuration; never pickle --
     def get_config(self) -> dict[str, Any]:

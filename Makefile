@@ -1,0 +1,36 @@
+# deepgrid: `make run` trains the main job, `make test` runs the test suite.
+# Both set everything up first (idempotent: a second run only checks).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Debian packages: the Fashion-MNIST files (the main job's data).
+APT_PACKAGES := dataset-fashion-mnist
+
+.PHONY: setup system-packages run test lint bench clean
+
+setup: system-packages $(STAMP)
+
+system-packages:
+	@bash scripts/install-system-packages.sh $(APT_PACKAGES)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,cluster]"
+	touch $(STAMP)
+
+run: setup
+	$(BIN)/deepgrid train examples/dbn.yaml
+
+test: setup
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python bench/bench_single.py
+	$(BIN)/python bench/bench_rbm.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
