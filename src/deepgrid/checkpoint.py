@@ -89,3 +89,51 @@ def load_model_files(directory: Path, **kwargs: Any) -> Model:
         first = str(e).strip().splitlines()[0]
         raise ModelError(f"{directory / WEIGHTS_FILE} does not fit the configured network ({first}).") from None
     return model
+
+
+# -- run checkpoints: a model directory per checkpoint, named by round ---------------
+CHECKPOINT_PREFIX = "ckpt-"
+
+
+def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint ``ckpt-<round>`` whole or not at all, then keep only the newest ``keep``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{CHECKPOINT_PREFIX}{int(meta['round']):09d}"
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
+    save_model_files(model, staging, meta)
+    if target.exists():  # the same round saved again (the final save): replace it
+        _remove_tree(target)
+    os.replace(staging, target)  # a directory rename is atomic: a crash leaves the old ones intact
+    for old in list_checkpoints(directory)[:-keep]:
+        _remove_tree(old)
+    return target
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint directories, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX))
+
+
+def load_latest_checkpoint(directory: Path) -> tuple[Model, dict[str, Any]]:
+    """The newest checkpoint's model and metadata; a clear error (and nothing touched) otherwise."""
+    if not directory.is_dir():
+        raise ModelError(f"Resume directory {str(directory)!r} does not exist; pass the checkpoint directory of an earlier run.")
+    found = list_checkpoints(directory)
+    if not found:
+        raise ModelError(f"Resume directory {directory} holds no checkpoint ({CHECKPOINT_PREFIX}*); nothing to resume from.")
+    newest = found[-1]
+    try:
+        model = load_model_files(newest)
+        meta = read_model_meta(newest)
+    except ModelError as e:
+        raise ModelError(f"The newest checkpoint is damaged: {e} Nothing was changed; move {newest.name} "
+                         "aside to resume from the one before it.") from None
+    return model, meta
+
+
+def _remove_tree(path: Path) -> None:
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()

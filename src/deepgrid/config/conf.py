@@ -43,7 +43,7 @@ RULES: dict[str, Rule] = {
     "epochs": Rule("opt_int", low=1),
     "workers": Rule("opt_int", low=1),
     "averaging_frequency": POSITIVE_INT,
-    "data_feed": Rule("choice", choices=("shard", "object_store")),
+    "data_feed": Rule("choice", choices=("object_store", "files")),
     "device": Rule("choice", choices=("cpu", "cuda")),
     "threads_per_worker": POSITIVE_INT,
     "patience": NON_NEGATIVE_INT,
@@ -79,7 +79,9 @@ class Conf:
     epochs: int | None = None  # passes of fine-tuning; None takes network.finetune_epochs
     workers: int | None = None  # None: one per CPU core, as the seed's master did
     averaging_frequency: int = 20  # mini-batches per job between parameter averages
-    data_feed: str = "shard"  # "shard": each worker reads its own; "object_store": master tosses jobs
+    # "object_store": the master puts the data into Ray's object store once and workers map it
+    # (zero-copy on one machine); "files": each worker reads the data files from its own disk.
+    data_feed: str = "object_store"
     device: str = "cpu"
     threads_per_worker: int = 1
     patience: int = 0  # early stopping: rounds without improvement before stopping; 0 = off

@@ -136,7 +136,10 @@ class Model:
 
     def set_flat_params(self, flat: np.ndarray | Tensor) -> None:
         """Overwrite all parameters from a flat vector made by ``get_flat_params``."""
-        vector = torch.as_tensor(np.asarray(flat), dtype=torch.float32)
+        array = np.asarray(flat, dtype=np.float32)
+        if not array.flags.writeable:  # a zero-copy view from Ray's object store; torch wants writable memory
+            array = array.copy()
+        vector = torch.from_numpy(array)
         if vector.numel() != self.n_params:
             raise ModelError(
                 f"Parameter vector has {vector.numel()} values but {self.name} has {self.n_params}; "

@@ -1,0 +1,91 @@
+"""Starting or joining the engine (Ray), the part Akka played in the seed.
+
+One machine: the program starts a private local Ray on loopback itself.
+A cluster: the master runs the Ray head, workers join it by address.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from deepgrid.errors import ClusterError
+
+# Ray's own default head port (6379) is also Redis's: keep ours apart so a
+# master can run beside a Redis state tracker.
+DEFAULT_PORT = 6380
+NAMESPACE = "deepgrid"
+CONNECT_TIMEOUT_S = 30.0
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
+    """A fresh private Ray on this machine, bound to loopback only."""
+    # Keeps every Ray process on 127.0.0.1, nothing exposed on the network. Ray
+    # reads this at import: set it for the processes it starts, and patch the
+    # constant in case Ray was imported before we got here.
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        return
+    if os.environ[LOOPBACK_ENV] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=NAMESPACE,
+             include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+             configure_logging=True)
+
+
+def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Connect to a running Ray cluster at ``host[:port]``; fail clearly within ``timeout_s``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    host, port = split_address(address)
+    check_reachable(host, port, timeout_s)
+    try:
+        ray.init(address=f"{host}:{port}", namespace=NAMESPACE, logging_level=logging.WARNING,
+                 log_to_driver=True)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"Could not join the deepgrid master's engine at {host}:{port}: {first}.") from None
+
+
+def split_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """'host' or 'host:port' -> (host, port), with a clear error for anything else."""
+    text = address.strip()
+    if text.startswith(("ray://", "http://", "https://")):
+        text = text.split("://", 1)[1]
+    host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
+    if not host:
+        raise ClusterError(f"Master address {address!r} has no host; expected HOST or HOST:PORT, e.g. 127.0.0.1:{default_port}.")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ClusterError(f"Master address {address!r} has a bad port; expected HOST:PORT with a port from 1 to 65535.")
+    return host, int(port_text)
+
+
+def check_reachable(host: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within ``timeout_s`` when nothing listens at host:port (Ray itself may wait much longer)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except socket.gaierror:
+        raise ClusterError(f"Master host {host!r} cannot be resolved; check the address given with -ad/--address.") from None
+    except OSError as e:
+        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ClusterError(
+            f"No deepgrid master answers at {host}:{port} ({reason}); start one with "
+            f"`deepgrid master CONF --bind {host} --port {port}`, or check the address and firewall."
+        ) from None
+
+
+def shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,485 @@
+"""The master: ActorNetworkRunner, as in the seed.
+
+    runner = ActorNetworkRunner("master", train_data)
+    runner.setup(conf)      # engine, model, workers, state tracker
+    model = runner.train()  # every phase, round by round
+    runner.shutdown()
+
+Training goes in rounds of parameter averaging. Each epoch of each phase is
+cut into jobs of ``averaging_frequency`` mini-batches, in the same fixed order
+the reference loop uses. In a round every live worker pulls a job from the
+state tracker, trains it from the current parameters with its own optimizer
+state, and returns new parameters; the master takes their sample-weighted
+mean. A worker that dies or overruns the round's deadline loses its job back
+to the queue and another worker trains it: the run goes on, and the tracker's
+ledger shows every mini-batch trained. With one worker a run computes exactly
+what ``deepgrid.train.loop.fit`` computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepgrid.checkpoint import load_latest_checkpoint, save_checkpoint
+from deepgrid.config.conf import Conf
+from deepgrid.data.dataset import ArrayDataset
+from deepgrid.distributed import engine
+from deepgrid.distributed.policy import Failure, FailureKind, FailurePolicy
+from deepgrid.distributed.worker import build_named_model, remote_worker_class
+from deepgrid.errors import ClusterError, ConfigError, DataError
+from deepgrid.models.base import Model, Phase
+from deepgrid.state.base import Job, StateTracker, tracker_from_url
+from deepgrid.state.status import status_path, write_status
+from deepgrid.train.loop import EarlyStopping, jobs, validation_loss
+
+log = logging.getLogger("deepgrid")
+
+STATUS_EVERY_S = 0.5  # how often the status file is rewritten
+NODE_CHECK_EVERY_S = 2.0  # how often the master looks for nodes that joined (runner.node_check_every_s)
+MIN_DEADLINE_S = 5.0  # a round's deadline is never shorter than this ...
+DEADLINE_FACTOR = 20.0  # ... nor than this many times a typical job's time
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: str
+    actor: Any
+    node_id: str | None = None
+    failures: int = 0
+
+
+class ActorNetworkRunner:
+    """The master. ``iterator`` is the training data: an ArrayDataset, (x, y) arrays,
+    a torch Dataset, an iterable of (x, y) batches, or None to load the Conf's data set."""
+
+    def __init__(self, role: str = "master", iterator: Any = None, *,
+                 model_factory: Callable[[], Model] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        if role != "master":
+            raise ConfigError(f"ActorNetworkRunner runs the master; got role {role!r}. Start workers with `deepgrid worker`.")
+        self.iterator = iterator
+        self._model_factory = model_factory
+        self._say = progress or (lambda message: log.info(message))
+        self.conf: Conf | None = None
+        self.model: Model | None = None
+        self.tracker: StateTracker | None = None
+        self.workers: dict[str, WorkerHandle] = {}
+        self.params: np.ndarray | None = None
+        self.round = 0
+        self.stopped_reason: str | None = None
+        self._job_seconds: list[float] = []
+        self._last_status = 0.0
+        self._last_node_check = 0.0
+        self._known_nodes: set[str] = set()
+        self._resume: dict[str, Any] | None = None
+        self._samples_trained = 0
+        self._train_seconds = 0.0
+        self._started_engine = False
+        self.node_check_every_s = NODE_CHECK_EVERY_S
+        # Kept after shutdown, for reports and tests: which batches each epoch trained, and the last state.
+        self.ledger: dict[tuple[str, int], dict[int, int]] = {}
+        self.tracker_snapshot: dict[str, Any] = {}
+        self.on_round: Callable[[ActorNetworkRunner], None] | None = None  # called after each round
+
+    # -- context manager ---------------------------------------------------------
+    def __enter__(self) -> ActorNetworkRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # -- setup ---------------------------------------------------------------------
+    def setup(self, conf: Conf, *, resume: str | Path | None = None) -> ActorNetworkRunner:
+        """Start or join the engine, build the model, start the workers, hand out parameters."""
+        import ray
+
+        self.conf = conf
+        check_device(conf.device)
+        factory = self._model_factory or _named_factory(conf)
+        self.model = factory()
+        if resume is not None:
+            restored, self._resume = load_latest_checkpoint(Path(resume))
+            self.model.set_flat_params(restored.get_flat_params())
+            self._say(f"resuming from round {self._resume.get('round')} "
+                      f"({self._resume.get('phase')} epoch {int(self._resume.get('epoch', 0)) + 1})")
+        self.params = self.model.get_flat_params()
+        self.train_data, self.validation = self._training_data(conf)
+
+        if conf.engine_address:
+            engine.join(conf.engine_address)
+        elif not ray.is_initialized():
+            engine.start_local()
+            self._started_engine = True
+        self.tracker = tracker_from_url(conf.state_url)
+        self.tracker.update_run(job_name=conf.job_name, status="starting", batch_size=conf.batch_size, started_at=time.time(),
+                                patience=conf.patience, min_improvement=conf.min_improvement, begun=True)
+        self.policy = FailurePolicy(min_workers=1)
+        self._worker_class = remote_worker_class()
+        self._factory = factory
+        if conf.data_feed == "files" and self.iterator is not None:
+            raise ConfigError("data_feed: files makes each worker read the Conf's data set from its own disk, "
+                              "but this master was given its own data; use data_feed: object_store.")
+        if conf.data_feed == "object_store":
+            # Put once; every worker on this machine maps the same shared memory.
+            self._data_args = (ray.put(self.train_data.x.numpy()), ray.put(self.train_data.y.numpy()))
+        else:
+            self._data_args = (conf.to_dict(), None)
+        self._start_workers(conf.effective_workers)
+        self._known_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        self._write_status(force=True)
+        return self
+
+    def _training_data(self, conf: Conf) -> tuple[ArrayDataset, ArrayDataset | None]:
+        data = as_dataset(self.iterator, conf) if self.iterator is not None else _load_conf_data(conf)
+        if data.n_in != conf.network.n_in:
+            raise DataError(f"The data have {data.n_in} features per example but network.n_in is "
+                            f"{conf.network.n_in}; set network.n_in to {data.n_in}.")
+        share = len(data) // conf.effective_workers  # each worker's shard of an epoch
+        if conf.batch_size > share:
+            raise DataError(f"Batch size {conf.batch_size} is larger than a worker's shard ({share} of "
+                            f"{len(data)} examples over {conf.effective_workers} workers); use a batch size "
+                            f"of at most {max(share, 1)}, fewer workers, or more data.")
+        if conf.validation_fraction > 0:
+            rest, held_out = data.split(conf.validation_fraction, seed=conf.network.seed)
+            return rest, held_out
+        return data, None
+
+    def _start_workers(self, count: int, node_id: str | None = None) -> list[str]:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        conf = self.conf
+        assert conf is not None
+        options: dict[str, Any] = {"num_cpus": conf.threads_per_worker}
+        if conf.device == "cuda":
+            options["num_gpus"] = 1
+        if node_id is not None:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        started = []
+        for _ in range(count):
+            worker_id = f"w{len(self.workers) + len(started) + 1}-{uuid.uuid4().hex[:4]}"
+            actor = self._worker_class.options(**options).remote(
+                worker_id, self._factory, *self._data_args, batch_size=conf.batch_size,
+                threads=conf.threads_per_worker, device=conf.device)
+            started.append((worker_id, actor))
+        # Wait until each is built (model made, data mapped): a worker that
+        # cannot start is a set-up error, reported now rather than mid-run.
+        infos = ray.get([actor.info.remote() for _, actor in started], timeout=300)
+        ids = []
+        for (worker_id, actor), info in zip(started, infos, strict=True):
+            self.workers[worker_id] = WorkerHandle(worker_id, actor, node_id)
+            assert self.tracker is not None
+            self.tracker.add_worker(worker_id, info)
+            ids.append(worker_id)
+        self._say(f"started {len(ids)} worker(s): {', '.join(ids)}")
+        return ids
+
+    def add_worker(self, worker_id: str, actor: Any, info: dict[str, Any]) -> None:
+        """Take on a worker started elsewhere (``deepgrid worker``); it gets jobs from the next round."""
+        assert self.tracker is not None
+        self.workers[worker_id] = WorkerHandle(worker_id, actor)
+        self.tracker.add_worker(worker_id, info)
+        self._say(f"worker {worker_id} joined from {info.get('host', '?')}")
+
+    # -- training --------------------------------------------------------------------
+    def train(self) -> Model:
+        """Run every phase to the end (or to early stopping) and return the trained model."""
+        conf, model, tracker = self.conf, self.model, self.tracker
+        if conf is None or model is None or tracker is None:
+            raise ClusterError("ActorNetworkRunner.train() called before setup(conf); call setup first.")
+        start = time.perf_counter()
+        tracker.update_run(status="training")
+        try:
+            for phase_index, phase in enumerate(model.phases(conf.epochs)):
+                if self._resume and phase_index < int(self._resume.get("phase_index", 0)):
+                    continue
+                if not self._run_phase(phase_index, phase):
+                    break
+        except BaseException:
+            tracker.update_run(status="failed")
+            self._checkpoint()
+            self._write_status(force=True)
+            raise
+        self._train_seconds = time.perf_counter() - start
+        model.set_flat_params(self.params)
+        status = "stopped early" if self.stopped_reason == "early stopping" else "done"
+        tracker.update_run(status=status, done=True)
+        self._checkpoint()
+        self._write_status(force=True)
+        return model
+
+    def _run_phase(self, phase_index: int, phase: Phase) -> bool:
+        """All epochs of one phase; False when the run stops early."""
+        conf, tracker = self.conf, self.tracker
+        assert conf is not None and tracker is not None
+        stopper = EarlyStopping(conf.patience, conf.min_improvement)
+        n_batches = self.train_data.n_batches(conf.batch_size)
+        first_epoch = 0
+        done_jobs: set[int] = set()
+        if self._resume and phase_index == int(self._resume.get("phase_index", 0)):
+            first_epoch = int(self._resume.get("epoch", 0))
+            done_jobs = set(self._resume.get("done_jobs", []))
+            self._resume = None
+        for epoch in range(first_epoch, phase.epochs):
+            tracker.update_run(phase=phase.name, epoch=epoch)
+            order = np.arange(n_batches)  # positions only: workers compute the same order themselves
+            epoch_jobs = [Job(phase.name, epoch, i, int(chunk[0]), int(chunk[-1]) + 1)
+                          for i, chunk in enumerate(jobs(order, conf.averaging_frequency)) if i not in done_jobs]
+            self._phase_index, self._done_jobs = phase_index, set(done_jobs)
+            tracker.clear_jobs()
+            tracker.enqueue_jobs(epoch_jobs)
+            losses: list[tuple[int, float]] = []
+            while tracker.pending_jobs() or tracker.in_flight():
+                losses += self._round(phase)
+            done_jobs = set()
+            self.ledger[(phase.name, epoch)] = tracker.trained_batches(phase.name, epoch)
+            seen = sum(n for n, _ in losses)
+            mean_loss = sum(n * loss for n, loss in losses) / max(seen, 1)
+            self._say(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {mean_loss:.4f} "
+                      f"({len(self.workers)} workers, round {self.round})")
+            if self.validation is not None and phase.supervised:
+                assert self.model is not None
+                self.model.set_flat_params(self.params)
+                val = validation_loss(self.model, self.validation)
+                stop = stopper.should_stop(val)
+                tracker.update_run(best_loss=stopper.best, bad_checks=stopper.bad_checks)
+                self._say(f"  validation loss {val:.4f} (best {stopper.best:.4f})")
+                if stop:
+                    self.stopped_reason = "early stopping"
+                    return False
+        return True
+
+    def _round(self, phase: Phase) -> list[tuple[int, float]]:
+        """One round: each live worker trains a job from the same parameters; then average."""
+        import ray
+
+        tracker, conf = self.tracker, self.conf
+        assert tracker is not None and conf is not None
+        self._check_new_nodes()
+        if not self.workers:
+            raise ClusterError("No live workers are left; the last checkpoint is kept. Start workers and --resume.")
+        params_ref = ray.put(self.params)  # one copy in the object store, read by every worker
+        calls: dict[Any, tuple[str, Job]] = {}
+        for worker_id, handle in list(self.workers.items()):
+            job = tracker.claim_job(worker_id)
+            if job is None:
+                break
+            calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job)
+        started = time.monotonic()
+        deadline = self._deadline()
+        results: list[dict[str, Any]] = []
+        pending = list(calls)
+        while pending:
+            remaining = deadline - (time.monotonic() - started)
+            if remaining <= 0:
+                break
+            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            for ref in ready:
+                worker_id, job = calls[ref]
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    self._failure(Failure(worker_id, FailureKind.DIED, job, _first_line(e)))
+                    continue
+                except ray.exceptions.RayTaskError as e:
+                    handle = self.workers.get(worker_id)
+                    count = handle.failures + 1 if handle else 1
+                    if handle:
+                        handle.failures = count
+                    self._failure(Failure(worker_id, FailureKind.ERROR, job, _first_line(e), count))
+                    continue
+                if tracker.complete_job(worker_id, result["job_id"], result["n_samples"], result["loss"]):
+                    results.append(result)
+                    self._job_seconds.append(result["seconds"])
+                    self._done_jobs.add(job.index)
+        for ref in pending:  # past the deadline: the job moves on, the worker may stay
+            worker_id, job = calls[ref]
+            handle = self.workers.get(worker_id)
+            if handle:
+                handle.failures += 1
+            self._failure(Failure(worker_id, FailureKind.TIMEOUT, job, f"no result after {deadline:.1f} s",
+                                  handle.failures if handle else 1))
+        if results:
+            self.params = weighted_mean([r["params"] for r in results], [r["n_samples"] for r in results])
+        self.round += 1
+        n = sum(r["n_samples"] for r in results)
+        loss = sum(r["loss"] * r["n_samples"] for r in results) / n if n else float("nan")
+        self._samples_trained += n
+        tracker.update_run(round=self.round, param_version=self.round, last_loss=loss if n else None)
+        tracker.record_metrics({"round": self.round, "phase": phase.name, "loss": loss if n else None,
+                                "samples": n, "workers": len(results),
+                                "seconds": round(time.monotonic() - started, 4)})
+        if self.round % self.conf.checkpoint_every == 0:
+            self._checkpoint()
+        self._write_status()
+        if self.on_round is not None:
+            self.on_round(self)
+        return [(r["n_samples"], r["loss"]) for r in results]
+
+    def _deadline(self) -> float:
+        """Seconds a round may take: long enough for a slow job, short enough to notice a hung worker."""
+        assert self.conf is not None
+        recent = self._job_seconds[-50:]
+        typical = statistics.median(recent) if recent else self.conf.round_deadline_s / DEADLINE_FACTOR
+        return min(self.conf.round_deadline_s, max(MIN_DEADLINE_S, DEADLINE_FACTOR * typical))
+
+    def _failure(self, failure: Failure) -> None:
+        """Apply the policy's decision: re-queue the job, drop the worker, or stop."""
+        tracker = self.tracker
+        assert tracker is not None
+        decision = self.policy.decide(failure, live_workers=len(self.workers))
+        self._say(f"deepgrid: {decision.reason}")
+        if decision.requeue_job:
+            tracker.release_job(failure.worker_id)
+        if decision.drop_worker:
+            handle = self.workers.pop(failure.worker_id, None)
+            tracker.remove_worker(failure.worker_id)
+            if handle is not None:
+                _kill(handle.actor)
+        if decision.stop:
+            raise ClusterError(decision.reason)
+
+    def _check_new_nodes(self) -> None:
+        """Start workers on nodes that joined the engine since the last look (elastic scale-out)."""
+        import ray
+
+        now = time.monotonic()
+        if now - self._last_node_check < self.node_check_every_s:
+            return
+        self._last_node_check = now
+        for node in ray.nodes():
+            node_id = node["NodeID"]
+            if not node.get("Alive") or node_id in self._known_nodes:
+                continue
+            self._known_nodes.add(node_id)
+            resources = node.get("Resources", {})
+            if resources.get("deepgrid_external"):  # a `deepgrid worker` node brings its own actors
+                continue
+            assert self.conf is not None
+            count = int(resources.get("CPU", 0) // self.conf.threads_per_worker)
+            if count > 0:
+                self._say(f"node {node.get('NodeManagerAddress')} joined: starting {count} worker(s) on it")
+                self._start_workers(count, node_id)
+
+    # -- checkpoints and status -------------------------------------------------------
+    def _checkpoint(self) -> None:
+        conf, model, tracker = self.conf, self.model, self.tracker
+        if conf is None or model is None or tracker is None or conf.checkpoint_dir is None or self.params is None:
+            return
+        run = tracker.run_state()
+        model.set_flat_params(self.params)
+        save_checkpoint(Path(conf.checkpoint_dir), model, {
+            "conf": conf.to_dict(), "phase": run.phase, "phase_index": getattr(self, "_phase_index", 0),
+            "epoch": run.epoch, "round": self.round, "param_version": self.round,
+            "done_jobs": sorted(getattr(self, "_done_jobs", set())), "status": run.status,
+        }, keep=conf.keep_checkpoints)
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.tracker is None or self.conf is None or (not force and now - self._last_status < STATUS_EVERY_S):
+            return
+        self._last_status = now
+        write_status(status_path(self.conf.job_name), self.tracker.snapshot())
+
+    @property
+    def samples_per_s(self) -> float:
+        return self._samples_trained / self._train_seconds if self._train_seconds else 0.0
+
+    @property
+    def samples_trained(self) -> int:
+        return self._samples_trained
+
+    @property
+    def train_seconds(self) -> float:
+        return self._train_seconds
+
+    def shutdown(self) -> None:
+        """Stop the workers and flush the state; the engine stays up if we joined it."""
+        for handle in self.workers.values():
+            _kill(handle.actor)
+        self.workers.clear()
+        if self.tracker is not None:
+            self._write_status(force=True)
+            self.tracker_snapshot = self.tracker.snapshot()
+            self.tracker.close()
+            self.tracker = None
+        if self._started_engine:
+            engine.shutdown()
+            self._started_engine = False
+
+
+def weighted_mean(vectors: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    """The exact sample-weighted mean of parameter vectors (accumulated in float64)."""
+    if len(vectors) == 1:
+        return np.array(vectors[0], dtype=np.float32)  # a copy we own: no averaging error at all
+    total = np.zeros(vectors[0].shape, dtype=np.float64)
+    for vector, weight in zip(vectors, weights, strict=True):
+        total += weight * vector.astype(np.float64)
+    return (total / sum(weights)).astype(np.float32)
+
+
+def as_dataset(iterator: Any, conf: Conf) -> ArrayDataset:
+    """The master's iterator as an in-memory data set (the seed's DataSetIterator, materialised)."""
+    import torch
+
+    n_in, n_out = conf.network.n_in, conf.network.n_out
+    if isinstance(iterator, ArrayDataset):
+        return iterator
+    if isinstance(iterator, tuple) and len(iterator) == 2:
+        return ArrayDataset.from_any(iterator[0], iterator[1], n_in=n_in, n_classes=n_out)
+    if isinstance(iterator, torch.utils.data.Dataset):
+        return ArrayDataset.from_any(iterator, n_in=n_in, n_classes=n_out)
+    xs, ys = [], []
+    for x, y in iterator:
+        batch = ArrayDataset.from_any(x, y, n_in=n_in, n_classes=n_out)
+        xs.append(batch.x)
+        ys.append(batch.y)
+    if not xs:
+        raise DataError("The master's iterator gave no data; pass an iterator of (x, y) batches.")
+    return ArrayDataset(torch.cat(xs), torch.cat(ys))
+
+
+def check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device: cuda was asked for but this machine has no usable CUDA GPU; "
+                              "set device: cpu or run on a machine with a GPU.")
+
+
+def _load_conf_data(conf: Conf) -> ArrayDataset:
+    from deepgrid.data.mnist import load_splits
+
+    return load_splits(conf)[0]
+
+
+def _named_factory(conf: Conf) -> Callable[[], Model]:
+    import functools
+
+    return functools.partial(build_named_model, conf.model, conf.network.to_dict())
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    # Ray's task errors carry the traceback; the exception's own line is the last one.
+    return (lines[-1] if lines else type(error).__name__)[:300]
+
+
+def _kill(actor: Any) -> None:
+    import ray
+
+    try:
+        ray.kill(actor, no_restart=True)
+    except Exception:  # already dead: nothing to stop
+        pass

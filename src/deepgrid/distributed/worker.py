@@ -1,0 +1,101 @@
+"""The worker actor: it executes what it is sent (as Ray Train v1's workers).
+
+A worker holds a model and the training data. For each job it takes the
+current parameters, trains the job's mini-batches through the model's
+``train_step`` (the reference loop's inner loop) with its own optimizer
+state, and returns the new parameters, the samples it trained and their loss.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepgrid.data.dataset import ArrayDataset
+from deepgrid.models.base import Model
+from deepgrid.state.base import Job
+from deepgrid.train.loop import phase_seed
+
+ModelFactory = Callable[[], Model]
+
+
+def build_named_model(name: str, network: dict[str, Any]) -> Model:
+    """A registry model from JSON-friendly parts (what travels to a worker)."""
+    from deepgrid.config.network import NeuralNetConfiguration
+    from deepgrid.models.registry import get
+
+    return get(name)(NeuralNetConfiguration.from_dict(network))
+
+
+def load_worker_data(conf: dict[str, Any]) -> ArrayDataset:
+    """The "files" data feed: a worker reads the training files from its own disk."""
+    from deepgrid.config.conf import Conf
+    from deepgrid.data.mnist import load_splits
+
+    run = Conf.from_dict(conf)
+    train, _ = load_splits(run)
+    if run.validation_fraction > 0:  # the same split the master makes: never train on validation data
+        train, _ = train.split(run.validation_fraction, seed=run.network.seed)
+    return train
+
+
+class Worker:
+    """Plain class; ``remote_worker_class()`` wraps it as a Ray actor."""
+
+    def __init__(self, worker_id: str, model_factory: ModelFactory, data: Any, labels: Any = None,
+                 *, batch_size: int, threads: int = 1, device: str = "cpu") -> None:
+        torch.set_num_threads(threads)
+        self.worker_id = worker_id
+        self.model = model_factory().to(device)
+        self.batch_size = batch_size
+        if isinstance(data, dict):  # a Conf to read the files with
+            self.data = load_worker_data(data)
+        else:
+            with warnings.catch_warnings():
+                # Arrays from the object store are zero-copy, read-only views of shared
+                # memory; torch warns about read-only memory, and we only ever read it.
+                warnings.simplefilter("ignore", UserWarning)
+                self.data = ArrayDataset(torch.from_numpy(np.asarray(data)), torch.from_numpy(np.asarray(labels)))
+        self.data = ArrayDataset(self.data.x.to(device), self.data.y.to(device)) if device != "cpu" else self.data
+        self._phase_index = {p.name: i for i, p in enumerate(self.model.phases())}
+        self._orders: dict[tuple[str, int], torch.Tensor] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads(),
+                "examples": len(self.data), "algorithm": self.model.name}
+
+    def _order(self, phase: str, epoch: int) -> torch.Tensor:
+        key = (phase, epoch)
+        if key not in self._orders:
+            self._orders = {key: self.data.batch_order(self.batch_size,
+                                                       phase_seed(self.model.conf.seed, self._phase_index[phase]),
+                                                       epoch)}
+        return self._orders[key]
+
+    def train(self, params: np.ndarray, job: dict[str, Any]) -> dict[str, Any]:
+        """Train one job from ``params``; return the new parameters and what was trained."""
+        started = time.perf_counter()
+        task = Job.from_dict(job)
+        self.model.set_flat_params(params)
+        order = self._order(task.phase, task.epoch)
+        batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
+        step = self.model.train_step(task.phase, batches)
+        return {"worker_id": self.worker_id, "job_id": task.id, "params": self.model.get_flat_params(),
+                "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started}
+
+    def ping(self) -> str:
+        return self.worker_id
+
+
+def remote_worker_class() -> Any:
+    """``Worker`` as a Ray actor class (made on demand, so importing this module needs no Ray)."""
+    import ray
+
+    return ray.remote(max_restarts=0, max_task_retries=0)(Worker)

@@ -1,0 +1,159 @@
+"""Distributed training on real Ray actors (one local Ray for the module)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from deepgrid import Conf, ConfigError, DataError, ModelError
+from deepgrid.data.dataset import ArrayDataset
+from deepgrid.distributed import engine
+from deepgrid.distributed.runner import ActorNetworkRunner, weighted_mean
+from deepgrid.models.mlp import MLP
+from deepgrid.state.status import read_status, status_path
+from deepgrid.train.loop import fit
+
+N_IN, N_CLASSES = 20, 4
+
+
+def blobs(n: int, seed: int) -> ArrayDataset:
+    """Four well-separated Gaussian clusters: any working trainer gets them right."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(N_CLASSES, N_IN, generator=torch.Generator().manual_seed(99)) * 2
+    y = torch.randint(0, N_CLASSES, (n,), generator=g)
+    x = centers[y] + torch.randn(n, N_IN, generator=g)
+    return ArrayDataset(x, y)
+
+
+TRAIN, TEST = blobs(3000, seed=1), blobs(1000, seed=2)
+
+
+def conf(**changes: object) -> Conf:
+    base = dict(model="mlp", workers=2, batch_size=16, averaging_frequency=4, epochs=2,
+                network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu",
+                             finetune_lr=0.05))
+    base.update(changes)
+    return Conf(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local(tmp_path_factory: pytest.TempPathFactory):
+    os.environ["DEEPGRID_HOME"] = str(tmp_path_factory.mktemp("home"))
+    engine.start_local(num_cpus=4)
+    yield
+    engine.shutdown()
+
+
+def run(c: Conf, data: ArrayDataset = TRAIN, on_round=None, resume=None) -> tuple[ActorNetworkRunner, MLP]:
+    runner = ActorNetworkRunner("master", data)
+    runner.on_round = on_round
+    try:
+        runner.setup(c, resume=resume)
+        model = runner.train()
+    finally:
+        runner.shutdown()
+    return runner, model
+
+
+def test_one_worker_computes_what_the_reference_loop_computes() -> None:
+    c = conf(workers=1)
+    runner, model = run(c)
+    reference = MLP(c.network)
+    fit(reference, TRAIN, epochs=c.epochs, batch_size=c.batch_size, job_size=c.averaging_frequency)
+    np.testing.assert_array_equal(model.get_flat_params(), reference.get_flat_params())
+
+
+def test_two_workers_converge_and_the_ledger_is_complete() -> None:
+    runner, model = run(conf(workers=2))
+    assert model.score(TEST.x, TEST.y) > 0.95
+    n_batches = TRAIN.n_batches(16)
+    for epoch in range(2):
+        assert runner_ledger(runner, epoch) == {i: 1 for i in range(n_batches)}
+
+
+def runner_ledger(runner: ActorNetworkRunner, epoch: int) -> dict[int, int]:
+    return runner.ledger[("finetune", epoch)]
+
+
+def test_a_worker_killed_mid_epoch_loses_no_batch() -> None:
+    clean_runner, clean = run(conf(workers=3))
+    killed: list[str] = []
+
+    def kill_one(runner: ActorNetworkRunner) -> None:
+        if runner.round == 5 and not killed:
+            worker_id = sorted(runner.workers)[0]
+            pid = runner.tracker.workers()[worker_id].info["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(worker_id)
+
+    runner, model = run(conf(workers=3), on_round=kill_one)
+    survivors = runner.tracker_snapshot["workers"]
+    assert killed and killed[0] not in survivors  # noticed and dropped
+    assert len(survivors) == 2
+    n_batches = TRAIN.n_batches(16)
+    for epoch in range(2):
+        assert runner_ledger(runner, epoch) == {i: 1 for i in range(n_batches)}  # every batch, exactly once
+    assert abs(model.score(TEST.x, TEST.y) - clean.score(TEST.x, TEST.y)) <= 0.01
+
+
+def test_status_lists_the_workers_during_a_run() -> None:
+    seen: list[dict] = []
+
+    def look(runner: ActorNetworkRunner) -> None:
+        if runner.round == 3:
+            runner._write_status(force=True)
+            seen.append(read_status(status_path(runner.conf.job_name)))
+
+    runner, _ = run(conf(workers=2, job_name="status-test"), on_round=look)
+    assert seen and seen[0]["run"]["status"] == "training"
+    assert sorted(seen[0]["workers"]) == sorted(w for w in runner.tracker_snapshot["workers"])
+    json.dumps(seen[0])
+
+
+def test_checkpoint_and_resume_after_a_crash(tmp_path) -> None:
+    ckpt = tmp_path / "ckpt"
+
+    def crash(runner: ActorNetworkRunner) -> None:
+        if runner.round == 30:
+            raise KeyboardInterrupt  # the master dies mid-epoch
+
+    with pytest.raises(KeyboardInterrupt):
+        run(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), on_round=crash)
+    saved = sorted(p.name for p in ckpt.iterdir())
+    assert saved, "a failing run keeps its last checkpoint"
+    runner, model = run(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
+    full_run_samples = 2 * TRAIN.n_batches(16) * 16
+    assert 0 < runner.samples_trained < full_run_samples  # it continued, it did not restart
+    assert model.score(TEST.x, TEST.y) > 0.95
+
+
+def test_resume_from_a_missing_or_damaged_directory_is_refused(tmp_path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        ActorNetworkRunner("master", TRAIN).setup(conf(), resume=tmp_path / "nope")
+    damaged = tmp_path / "damaged" / "ckpt-000000001"
+    damaged.mkdir(parents=True)
+    (damaged / "model.json").write_text("{not json")
+    (damaged / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ModelError, match="damaged"):
+        ActorNetworkRunner("master", TRAIN).setup(conf(), resume=tmp_path / "damaged")
+    assert (damaged / "model.json").read_text() == "{not json"  # kept as it was
+
+
+def test_bad_set_ups_fail_clearly() -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA"):
+            ActorNetworkRunner("master", TRAIN).setup(conf(device="cuda"))
+    with pytest.raises(DataError, match="larger than a worker's shard"):
+        ActorNetworkRunner("master", blobs(100, 3)).setup(conf(workers=2, batch_size=64))
+    with pytest.raises(ConfigError, match="runs the master"):
+        ActorNetworkRunner("worker", TRAIN)
+
+
+def test_weighted_mean_is_exact() -> None:
+    a, b = np.array([1.0, 2.0], np.float32), np.array([3.0, 6.0], np.float32)
+    np.testing.assert_allclose(weighted_mean([a, b], [1, 3]), [2.5, 5.0])
