@@ -17,20 +17,7 @@ from deepgrid.distributed.runner import ActorNetworkRunner, weighted_mean
 from deepgrid.models.mlp import MLP
 from deepgrid.state.status import read_status, status_path
 from deepgrid.train.loop import fit
-
-N_IN, N_CLASSES = 20, 4
-
-
-def blobs(n: int, seed: int) -> ArrayDataset:
-    """Four well-separated Gaussian clusters: any working trainer gets them right."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(N_CLASSES, N_IN, generator=torch.Generator().manual_seed(99)) * 2
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    x = centers[y] + torch.randn(n, N_IN, generator=g)
-    return ArrayDataset(x, y)
-
-
-TRAIN, TEST = blobs(3000, seed=1), blobs(1000, seed=2)
+from tests.integration.synthetic import N_CLASSES, N_IN, TEST, TRAIN, blobs
 
 
 def conf(**changes: object) -> Conf:

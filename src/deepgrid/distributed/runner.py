@@ -88,6 +88,7 @@ class ActorNetworkRunner:
         # Kept after shutdown, for reports and tests: which batches each epoch trained, and the last state.
         self.ledger: dict[tuple[str, int], dict[int, int]] = {}
         self.tracker_snapshot: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []  # one entry per job trained: round, worker, job, samples, loss
         self.on_round: Callable[[ActorNetworkRunner], None] | None = None  # called after each round
 
     # -- context manager ---------------------------------------------------------
@@ -299,6 +300,9 @@ class ActorNetworkRunner:
                     continue
                 if tracker.complete_job(worker_id, result["job_id"], result["n_samples"], result["loss"]):
                     results.append(result)
+                    self.history.append({"round": self.round + 1, "worker_id": worker_id, "job_id": job.id,
+                                         "n_samples": result["n_samples"], "loss": result["loss"],
+                                         "seconds": result["seconds"]})
                     self._job_seconds.append(result["seconds"])
                     self._done_jobs.add(job.index)
         for ref in pending:  # past the deadline: the job moves on, the worker may stay
