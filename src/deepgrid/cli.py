@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deepgrid.errors import DeepgridError
+from deepgrid.errors import ConfigError, DeepgridError, invalid
 
 EXIT_USER_ERROR = 2
 
@@ -59,6 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train in this process with the reference loop (no engine, no workers)")
     train.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
     train.set_defaults(func=cmd_train)
+
+    master = sub.add_parser("master", help="start the Ray head and the master; workers join it",
+                            description="Start the engine's head and the master, wait for workers "
+                                        "(`deepgrid worker -ad HOST`), then train.")
+    master.add_argument("conf", metavar="CONF", help="a YAML or JSON Conf file")
+    master.add_argument("--bind", "--interface", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    master.add_argument("--port", type=positive_int, default=None, help="engine port (default 6380)")
+    master.add_argument("--min-workers", type=positive_int, default=1, help="train once this many workers are present")
+    master.add_argument("--workers", "-w", type=int, default=0,
+                        help="worker actors to start on the master's own machine too (default 0)")
+    master.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
+    master.add_argument("--output", "-o", help="where to save the trained model (default: runs/<job_name>)")
+    master.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
+    master.set_defaults(func=cmd_master)
+
+    worker = sub.add_parser("worker", help="join a master's cluster and train the jobs it hands out",
+                            description="Join the master at HOST[:PORT] (the seed's ActorNetworkRunnerApp "
+                                        "-ad HOST -t worker -a dbn).")
+    worker.add_argument("-ad", "--address", required=True, help="the master's HOST[:PORT]")
+    worker.add_argument("-t", "--type", default="worker", help="only 'worker' (the master has its own command)")
+    worker.add_argument("-a", "--algorithm", help="model kind this worker expects (refused if the master's differs)")
+    worker.add_argument("--workers", "-w", type=positive_int, help="worker actors to run (default: one per CPU core)")
+    worker.set_defaults(func=cmd_worker)
 
     status = sub.add_parser("status", help="show the state of a run (workers, round, phase, loss)",
                             description="Print the state tracker's view of a run while it trains.")
@@ -160,6 +184,55 @@ def train_single_process(conf: Any, train_data: Any) -> tuple[Any, Any]:
     return model, result
 
 
+def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
+    from deepgrid.config.conf import Conf
+    from deepgrid.data.mnist import load_splits
+    from deepgrid.distributed import engine
+    from deepgrid.distributed.cluster import start_head
+    from deepgrid.distributed.runner import ActorNetworkRunner
+    from deepgrid.state.status import deepgrid_home
+
+    if args.workers < 0:
+        raise ConfigError(invalid("--workers", args.workers, "0 or more"))
+    port = args.port or engine.DEFAULT_PORT
+    conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}")
+    output = Path(args.output or Path("runs") / conf.job_name)
+    if conf.checkpoint_dir is None:
+        conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
+    log("deepgrid: effective configuration\n" + conf.describe())
+    train_data, test_data = load_splits(conf)
+    home = deepgrid_home()
+    home.mkdir(parents=True, exist_ok=True)
+    head = start_head(args.bind, port, os.cpu_count() or 1, str(home / "ray-head.log"))
+    log(f"deepgrid: engine head listening on {head.address}; join it with: "
+        f"deepgrid worker -ad {head.address} -a {conf.model}")
+    try:
+        with ActorNetworkRunner("master", train_data, progress=log) as runner:
+            runner.setup(conf, resume=args.resume, local_workers=args.workers, accept_workers=True)
+            runner.wait_for_workers(args.min_workers, hint=f"Start one with: deepgrid worker -ad {head.address} -a {conf.model}")
+            model = runner.train()
+            workers, samples_per_s, elapsed = len(runner.workers), runner.samples_per_s, runner.train_seconds
+    finally:
+        engine.shutdown()  # leave the cluster before its head goes, or the driver waits for it
+        head.stop()
+    evaluation = model.evaluate(test_data.x, test_data.y, labels=class_labels(conf.dataset, conf.network.n_out))
+    model.save(output, extra={"conf": conf.to_dict(), "test_accuracy": evaluation.accuracy})
+    print(evaluation.stats())
+    print(f"test accuracy: {evaluation.accuracy:.4f}   ({samples_per_s:,.0f} samples/s with {workers} worker(s))   "
+          f"model saved to {output}")
+    return {"model": conf.model, "workers": workers, "test_accuracy": round(evaluation.accuracy, 4),
+            "samples_per_s": round(samples_per_s, 1), "elapsed_s": round(elapsed, 2), "output": str(output)}
+
+
+def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
+    from deepgrid.distributed.worker import join_master
+
+    if args.type != "worker":
+        raise ConfigError(f"-t/--type {args.type!r} is not a worker type; `deepgrid worker` runs workers "
+                          "(-t worker). Start a master with `deepgrid master CONF`.")
+    return join_master(args.address, args.algorithm, args.workers, say=log)
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from deepgrid.state.status import format_status, read_status, status_path
 
@@ -187,6 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Cluster traffic is authenticated: Ray's token (~/.ray/auth_token or RAY_AUTH_TOKEN),
+    # read when Ray is imported, so set before any command imports it.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         summary = args.func(args)
     except DeepgridError as e:

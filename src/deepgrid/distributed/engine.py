@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 from deepgrid.errors import ClusterError
 
@@ -16,29 +17,28 @@ from deepgrid.errors import ClusterError
 # master can run beside a Redis state tracker.
 DEFAULT_PORT = 6380
 NAMESPACE = "deepgrid"
-CONNECT_TIMEOUT_S = 30.0
+CONNECT_TIMEOUT_S = 20.0  # a master still starting gets this long; an absent one fails within it
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+# Cluster traffic is authenticated by default: Ray's token (~/.ray/auth_token,
+# RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN). Ray reads the mode when it is
+# imported, which deepgrid does only after this module.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """A fresh private Ray on this machine, bound to loopback only."""
-    # Keeps every Ray process on 127.0.0.1, nothing exposed on the network. Ray
-    # reads this at import: set it for the processes it starts, and patch the
-    # constant in case Ray was imported before we got here.
-    os.environ.setdefault(LOOPBACK_ENV, "0")
     import ray
-    from ray._private import ray_constants
 
     if ray.is_initialized():
         return
-    if os.environ[LOOPBACK_ENV] == "0":
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    keep_on_loopback()
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=NAMESPACE,
              include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
              configure_logging=True)
 
 
-def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S, log_to_driver: bool = True) -> None:
     """Connect to a running Ray cluster at ``host[:port]``; fail clearly within ``timeout_s``."""
     import ray
 
@@ -46,12 +46,28 @@ def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         return
     host, port = split_address(address)
     check_reachable(host, port, timeout_s)
+    from deepgrid.distributed.cluster import is_loopback
+
+    if is_loopback(host):
+        keep_on_loopback()
     try:
         ray.init(address=f"{host}:{port}", namespace=NAMESPACE, logging_level=logging.WARNING,
-                 log_to_driver=True)
+                 log_to_driver=log_to_driver)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(f"Could not join the deepgrid master's engine at {host}:{port}: {first}.") from None
+
+
+def keep_on_loopback() -> None:
+    """Keep this process's Ray on 127.0.0.1: by default Ray swaps in the machine's
+    network address and listens on every interface. Ray reads the switch at
+    import, so set it for the processes it starts and patch the constant for
+    this one (Ray may have been imported already)."""
+    os.environ.setdefault(LOOPBACK_ENV, "0")
+    from ray._private import ray_constants
+
+    if os.environ[LOOPBACK_ENV] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def split_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -70,18 +86,23 @@ def split_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, 
 
 
 def check_reachable(host: str, port: int, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """Fail within ``timeout_s`` when nothing listens at host:port (Ray itself may wait much longer)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return
-    except socket.gaierror:
-        raise ClusterError(f"Master host {host!r} cannot be resolved; check the address given with -ad/--address.") from None
-    except OSError as e:
-        reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise ClusterError(
-            f"No deepgrid master answers at {host}:{port} ({reason}); start one with "
-            f"`deepgrid master CONF --bind {host} --port {port}`, or check the address and firewall."
-        ) from None
+    """Wait up to ``timeout_s`` for something to listen at host:port, then fail clearly
+    (Ray itself would retry for minutes)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic())):
+                return
+        except socket.gaierror:
+            raise ClusterError(f"Master host {host!r} cannot be resolved; check the address given with -ad/--address.") from None
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                reason = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+                raise ClusterError(
+                    f"No deepgrid master answers at {host}:{port} ({reason}, waited {timeout_s:.0f} s); start one with "
+                    f"`deepgrid master CONF --bind {host} --port {port}`, or check the address and firewall."
+                ) from None
+            time.sleep(0.25)
 
 
 def shutdown() -> None:

@@ -88,6 +88,7 @@ class ActorNetworkRunner:
         # Kept after shutdown, for reports and tests: which batches each epoch trained, and the last state.
         self.ledger: dict[tuple[str, int], dict[int, int]] = {}
         self.tracker_snapshot: dict[str, Any] = {}
+        self.mailbox: Any = None  # set when deepgrid worker processes may join
         self.history: list[dict[str, Any]] = []  # one entry per job trained: round, worker, job, samples, loss
         self.on_round: Callable[[ActorNetworkRunner], None] | None = None  # called after each round
 
@@ -99,8 +100,13 @@ class ActorNetworkRunner:
         self.shutdown()
 
     # -- setup ---------------------------------------------------------------------
-    def setup(self, conf: Conf, *, resume: str | Path | None = None) -> ActorNetworkRunner:
-        """Start or join the engine, build the model, start the workers, hand out parameters."""
+    def setup(self, conf: Conf, *, resume: str | Path | None = None, local_workers: int | None = None,
+              accept_workers: bool = False) -> ActorNetworkRunner:
+        """Start or join the engine, build the model, start the workers, hand out parameters.
+
+        ``local_workers`` overrides ``conf.workers`` (``deepgrid master`` may start none);
+        ``accept_workers`` opens the mailbox through which ``deepgrid worker`` processes join.
+        """
         import ray
 
         self.conf = conf
@@ -134,7 +140,16 @@ class ActorNetworkRunner:
             self._data_args = (ray.put(self.train_data.x.numpy()), ray.put(self.train_data.y.numpy()))
         else:
             self._data_args = (conf.to_dict(), None)
-        self._start_workers(conf.effective_workers)
+        if accept_workers:
+            from deepgrid.distributed.cluster import open_mailbox
+
+            self.mailbox = open_mailbox({
+                "algorithm": conf.model, "job_name": conf.job_name, "factory": self._factory,
+                "data_args": list(self._data_args), "batch_size": conf.batch_size,
+                "threads": conf.threads_per_worker, "device": conf.device})
+        count = conf.effective_workers if local_workers is None else local_workers
+        if count:
+            self._start_workers(count)
         self._known_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         self._write_status(force=True)
         return self
@@ -191,6 +206,35 @@ class ActorNetworkRunner:
         self.tracker.add_worker(worker_id, info)
         self._say(f"worker {worker_id} joined from {info.get('host', '?')}")
 
+    def accept_joined(self) -> int:
+        """Take on the workers that registered through the mailbox since the last look."""
+        import ray
+
+        if self.mailbox is None:
+            return 0
+        joined = ray.get(self.mailbox.drain.remote(), timeout=30)
+        for worker_id, actor, info in joined:
+            self.add_worker(worker_id, actor, info)
+        return len(joined)
+
+    def wait_for_workers(self, minimum: int, hint: str = "") -> None:
+        """Block until ``minimum`` workers are present (``deepgrid master --min-workers``)."""
+        last_said = 0.0
+        while len(self.workers) < minimum:
+            self.accept_joined()
+            self._write_status()
+            if time.monotonic() - last_said > 10 and len(self.workers) < minimum:
+                self._say(f"waiting for workers: {len(self.workers)} of {minimum} present. {hint}".rstrip())
+                last_said = time.monotonic()
+            time.sleep(0.2)
+
+    def _publish(self, status: str) -> None:
+        if self.mailbox is not None:
+            try:
+                self.mailbox.set_status.remote({"status": status, "round": self.round})
+            except Exception:  # the mailbox is a courtesy to workers: never fail a run over it
+                pass
+
     # -- training --------------------------------------------------------------------
     def train(self) -> Model:
         """Run every phase to the end (or to early stopping) and return the trained model."""
@@ -199,6 +243,7 @@ class ActorNetworkRunner:
             raise ClusterError("ActorNetworkRunner.train() called before setup(conf); call setup first.")
         start = time.perf_counter()
         tracker.update_run(status="training")
+        self._publish("training")
         try:
             for phase_index, phase in enumerate(model.phases(conf.epochs)):
                 if self._resume and phase_index < int(self._resume.get("phase_index", 0)):
@@ -207,6 +252,7 @@ class ActorNetworkRunner:
                     break
         except BaseException:
             tracker.update_run(status="failed")
+            self._publish("failed")
             self._checkpoint()
             self._write_status(force=True)
             raise
@@ -214,6 +260,7 @@ class ActorNetworkRunner:
         model.set_flat_params(self.params)
         status = "stopped early" if self.stopped_reason == "early stopping" else "done"
         tracker.update_run(status=status, done=True)
+        self._publish(status)
         self._checkpoint()
         self._write_status(force=True)
         return model
@@ -266,6 +313,8 @@ class ActorNetworkRunner:
         tracker, conf = self.tracker, self.conf
         assert tracker is not None and conf is not None
         self._check_new_nodes()
+        if not self.workers:
+            self.accept_joined()
         if not self.workers:
             raise ClusterError("No live workers are left; the last checkpoint is kept. Start workers and --resume.")
         params_ref = ray.put(self.params)  # one copy in the object store, read by every worker
@@ -353,13 +402,15 @@ class ActorNetworkRunner:
             raise ClusterError(decision.reason)
 
     def _check_new_nodes(self) -> None:
-        """Start workers on nodes that joined the engine since the last look (elastic scale-out)."""
+        """Take on workers that joined since the last look (elastic scale-out): those registered
+        by ``deepgrid worker``, and new ones started on nodes that joined the engine."""
         import ray
 
         now = time.monotonic()
         if now - self._last_node_check < self.node_check_every_s:
             return
         self._last_node_check = now
+        self.accept_joined()
         for node in ray.nodes():
             node_id = node["NodeID"]
             if not node.get("Alive") or node_id in self._known_nodes:
@@ -394,6 +445,21 @@ class ActorNetworkRunner:
         self._last_status = now
         write_status(status_path(self.conf.job_name), self.tracker.snapshot())
 
+    def _let_worker_processes_go(self, wait_s: float = 5.0) -> None:
+        """Wait (briefly) until each `deepgrid worker` process has seen that the run ended,
+        so that it exits cleanly instead of reporting a vanished master."""
+        import ray
+
+        if self.mailbox is None:
+            return
+        deadline = time.monotonic() + wait_s
+        try:
+            while ray.get(self.mailbox.unacknowledged.remote(), timeout=wait_s) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        except Exception:  # best effort: the run itself is over
+            pass
+        self.mailbox = None
+
     @property
     def samples_per_s(self) -> float:
         return self._samples_trained / self._train_seconds if self._train_seconds else 0.0
@@ -408,6 +474,7 @@ class ActorNetworkRunner:
 
     def shutdown(self) -> None:
         """Stop the workers and flush the state; the engine stays up if we joined it."""
+        self._let_worker_processes_go()
         for handle in self.workers.values():
             _kill(handle.actor)
         self.workers.clear()

@@ -99,3 +99,59 @@ def remote_worker_class() -> Any:
     import ray
 
     return ray.remote(max_restarts=0, max_task_retries=0)(Worker)
+
+
+def join_master(address: str, algorithm: str | None, count: int | None,
+                say: Callable[[str], None] = print) -> dict[str, Any]:
+    """``deepgrid worker -ad HOST``: join the master's engine, check the job, run workers until it ends."""
+    import uuid
+
+    import ray
+
+    from deepgrid.distributed import engine
+    from deepgrid.distributed.cluster import find_mailbox
+    from deepgrid.errors import ClusterError
+    from deepgrid.models.registry import check_model_name
+
+    wanted = check_model_name(algorithm) if algorithm else None
+    engine.join(address, log_to_driver=False)  # the cluster's logs are the master's to show
+    try:
+        mailbox = find_mailbox(address)
+        job = ray.get(mailbox.describe.remote(), timeout=30)
+        if wanted and wanted != job["algorithm"]:
+            raise ClusterError(f"This worker was started for algorithm {wanted!r} but the master at {address} "
+                               f"trains {job['algorithm']!r} (job {job['job_name']!r}); start it with -a {job['algorithm']}.")
+        count = count or max(1, os.cpu_count() or 1)
+        actor_class = remote_worker_class()
+        options: dict[str, Any] = {"num_cpus": job["threads"]}
+        if job["device"] == "cuda":
+            options["num_gpus"] = 1
+        host = socket.gethostname()
+        actors = []
+        for _ in range(count):
+            worker_id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+            actor = actor_class.options(**options).remote(worker_id, job["factory"], *job["data_args"],
+                                                          batch_size=job["batch_size"], threads=job["threads"],
+                                                          device=job["device"])
+            actors.append((worker_id, actor))
+        infos = ray.get([actor.info.remote() for _, actor in actors], timeout=300)
+        process = f"{host}-{os.getpid()}"
+        for (worker_id, actor), info in zip(actors, infos, strict=True):
+            ray.get(mailbox.register.remote(worker_id, [actor], {**info, "process": process}), timeout=30)
+        say(f"deepgrid: worker(s) {', '.join(w for w, _ in actors)} joined job {job['job_name']!r} "
+            f"({job['algorithm']}) at {address}")
+        status = "training"
+        while True:  # the actors do the work; this process keeps them alive until the run ends
+            try:
+                status = ray.get(mailbox.status.remote(), timeout=30)["status"]
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                raise ClusterError(f"The master at {address} went away; its last checkpoint is kept. "
+                                   "Start this worker again once the master is back.") from None
+            if status in ("done", "failed", "stopped early"):
+                mailbox.acknowledge.remote(process)
+                break
+            time.sleep(0.5)
+        say(f"deepgrid: the master's run ended ({status}); worker exiting")
+        return {"workers": count, "job": job["job_name"], "algorithm": job["algorithm"], "master_status": status}
+    finally:
+        ray.shutdown()

@@ -1,1 +1,106 @@
-"""(being written)"""
+"""Deep belief networks: RBMs pretrained greedily, layer by layer, then fine-tuned as one MLP.
+
+``LayerwiseModel`` is the shared shape of a DBN and a stacked denoising
+autoencoder (``models/autoencoder.py``): a stack of layers that each pretrain
+without labels, a phase per layer (``pretrain:0`` ... ``pretrain:{n-1}``),
+then ``finetune``, which trains the stack as a feed-forward network with a
+softmax output layer by backpropagation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from deepgrid.config.network import LayerConf
+from deepgrid.models.base import FINETUNE, Model, Phase, init_linear
+from deepgrid.models.rbm import RBMLayer, layer_index, pretrain_phase, transform
+from deepgrid.models.registry import register
+
+
+class LayerwiseModel(Model):
+    """A stack of pretrainable layers (sizes n_in, *hidden_layer_sizes) and a softmax output layer.
+
+    A subclass names ``make_layer``. Each layer is an ``nn.Module`` with
+    ``linear`` (its nn.Linear encoder), ``mean_hiddens(x)`` (the activations it
+    passes up, differentiable) and ``pretrain_loss(x)`` (objective, reported
+    loss) for one batch of its inputs.
+    """
+
+    def make_layer(self, layer: LayerConf) -> nn.Module:
+        raise NotImplementedError
+
+    def build(self) -> nn.Module:
+        c = self.conf
+        layers = nn.ModuleList(self.make_layer(c.layer(i)) for i in range(len(c.hidden_layer_sizes)))
+        output = init_linear(nn.Linear(c.hidden_layer_sizes[-1], c.n_out), c.weight_init)
+        return nn.ModuleDict({"layers": layers, "output": output})
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.module["layers"]  # type: ignore[return-value]
+
+    def features(self, x: Tensor, depth: int | None = None) -> Tensor:
+        """Activations of hidden layer ``depth - 1`` (all layers when None), shape (B, size)."""
+        h = x  # (B, n_in)
+        for i, layer in enumerate(self.layers[:depth]):
+            h = layer.mean_hiddens(h)
+            dropout = self.conf.layer(i).dropout
+            if dropout > 0 and self.module.training:
+                h = F.dropout(h, dropout)
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module["output"](self.features(x))  # (B, n_out)
+
+    def phases(self, finetune_epochs: int | None = None) -> list[Phase]:
+        c = self.conf
+        pretrain = [Phase(pretrain_phase(i), c.pretrain_epochs, supervised=False)
+                    for i in range(len(c.hidden_layer_sizes))] if c.pretrain_epochs > 0 else []
+        return [*pretrain, Phase(FINETUNE, finetune_epochs or c.finetune_epochs)]
+
+    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
+        index = layer_index(phase)
+        if index is None:
+            return list(self.module.parameters())
+        return list(self.layers[index].parameters())
+
+    def phase_optimizer_settings(self, phase: str) -> tuple[str, float, float, float]:
+        index = layer_index(phase)
+        if index is None:
+            return super().phase_optimizer_settings(phase)
+        layer = self.conf.layer(index)
+        return self.conf.pretrain_optimizer, layer.pretrain_lr, layer.momentum, layer.l2
+
+    def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        index = layer_index(phase)
+        if index is None:
+            return super().batch_loss(phase, x, y)
+        with torch.no_grad():  # the layers below are fixed while layer `index` trains
+            h = x
+            for layer in self.layers[:index]:
+                h = layer.mean_hiddens(h)  # (B, size of layer below)
+        return self.layers[index].pretrain_loss(h)
+
+    def transform(self, x: Any) -> np.ndarray:
+        """The top hidden layer's activations, shape (N, hidden_layer_sizes[-1])."""
+        return transform(self.module, self.features, x, self.conf.n_in)
+
+
+@register
+class DBN(LayerwiseModel):
+    """RBMs stacked greedily (``pretrain:i`` trains RBM i on the mean activations of those below),
+    then fine-tuned as a sigmoid MLP that reuses each RBM's W and hidden bias.
+
+    Hidden layers whose ``hidden_unit`` is ``rectified`` pass up max(0, x), so
+    their fine-tuning activation is ReLU instead of the sigmoid.
+    """
+
+    name = "dbn"
+
+    def make_layer(self, layer: LayerConf) -> nn.Module:
+        return RBMLayer.from_conf(layer)

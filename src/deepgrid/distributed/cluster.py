@@ -1,0 +1,142 @@
+"""The two-process flow of the seed: a master on one machine, workers joining it.
+
+``deepgrid master`` starts the Ray head (``start_head``) and a ``Mailbox``
+actor under a well-known name; ``deepgrid worker -ad HOST`` joins the head,
+asks the mailbox what the master trains, refuses a mismatched algorithm, and
+registers worker actors of its own, which the master hands jobs from the next
+round on. Workers belong to the ``deepgrid worker`` process that made them: if
+it exits, they die, and the master drops them without stopping.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from deepgrid.distributed import engine
+from deepgrid.errors import ClusterError
+
+MAILBOX_NAME = "deepgrid-master"
+HEAD_START_TIMEOUT_S = 60.0
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class HeadProcess:
+    """A Ray head started by ``ray start --head --block``: stopping it stops that node alone."""
+
+    process: subprocess.Popen[bytes]
+    address: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            # `ray start --block` stops its node's processes itself on SIGTERM;
+            # signalling the whole group instead leaves it waiting on them.
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def ray_executable() -> str:
+    beside = os.path.join(os.path.dirname(sys.executable), "ray")
+    return beside if os.path.exists(beside) else (shutil.which("ray") or "ray")
+
+
+def start_head(bind: str, port: int, num_cpus: int, log_path: str) -> HeadProcess:
+    """Start the Ray head on ``bind:port``; token authentication is on (Ray's default)."""
+    try:
+        socket.getaddrinfo(bind, port)
+    except socket.gaierror:
+        raise ClusterError(f"--bind {bind!r} is not an address of this machine; pass an IP address such as 127.0.0.1.") from None
+    with socket.socket() as probe:
+        if probe.connect_ex((bind, port)) == 0:
+            raise ClusterError(f"Port {port} on {bind} is already in use; pick another with --port.")
+    env = dict(os.environ)
+    if is_loopback(bind):
+        env[engine.LOOPBACK_ENV] = "0"  # keep every Ray process on loopback
+    command = [ray_executable(), "start", "--head", "--block", "--node-ip-address", bind, "--port", str(port),
+               "--num-cpus", str(num_cpus), "--include-dashboard=false", "--disable-usage-stats"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ClusterError(f"The Ray head exited while starting (status {process.returncode}); see {log_path}.")
+        with socket.socket() as probe:
+            if probe.connect_ex((bind, port)) == 0:
+                return HeadProcess(process, f"{bind}:{port}")
+        time.sleep(0.2)
+    HeadProcess(process, f"{bind}:{port}").stop()
+    raise ClusterError(f"The Ray head did not start within {HEAD_START_TIMEOUT_S:.0f} s; see {log_path}.")
+
+
+class Mailbox:
+    """The master's door for workers that join: what it trains, and who has joined."""
+
+    def __init__(self, description: dict[str, Any]) -> None:
+        self._description = description
+        self._joined: list[tuple[str, Any, dict[str, Any]]] = []
+        self._status: dict[str, Any] = {"status": "starting"}
+        self._processes: set[str] = set()  # `deepgrid worker` processes that have not yet seen the end
+
+    def describe(self) -> dict[str, Any]:
+        return self._description
+
+    def register(self, worker_id: str, actor: list[Any], info: dict[str, Any]) -> None:
+        # The handle travels inside a list so that Ray passes it as a handle, untouched.
+        self._joined.append((worker_id, actor[0], info))
+        self._processes.add(str(info.get("process", worker_id)))
+
+    def acknowledge(self, process: str) -> None:
+        """A worker process saw the run's final status and is leaving."""
+        self._processes.discard(process)
+
+    def unacknowledged(self) -> int:
+        return len(self._processes)
+
+    def drain(self) -> list[tuple[str, Any, dict[str, Any]]]:
+        joined, self._joined = self._joined, []
+        return joined
+
+    def set_status(self, status: dict[str, Any]) -> None:
+        self._status = status
+
+    def status(self) -> dict[str, Any]:
+        return self._status
+
+
+def open_mailbox(description: dict[str, Any]) -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0)(Mailbox).options(name=MAILBOX_NAME, namespace=engine.NAMESPACE).remote(description)
+
+
+def find_mailbox(address: str, wait_s: float = 30.0) -> Any:
+    """The master's mailbox; waits ``wait_s`` for a master that is still starting."""
+    import ray
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return ray.get_actor(MAILBOX_NAME, namespace=engine.NAMESPACE)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"The engine at {address} is up but no deepgrid master runs on it "
+                                   f"(waited {wait_s:.0f} s); start one with `deepgrid master CONF` first.") from None
+            time.sleep(0.5)

@@ -1,0 +1,115 @@
+"""The seed's two-terminal flow, as separate OS processes on loopback:
+`deepgrid master CONF` in one, `deepgrid worker -ad HOST -a ALGO` in others."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepgrid.data.idx import write_idx
+
+DEEPGRID = [sys.executable, "-m", "deepgrid.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fake_fashion_mnist(directory: Path, n_train: int = 2000, n_test: int = 500) -> None:
+    """IDX files shaped like Fashion-MNIST: class k lights up row band k."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, label * 2 : label * 2 + 3, :] = 250
+        write_idx(directory / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(directory / f"{split}-labels-idx1-ubyte.gz", labels)
+
+
+@pytest.fixture()
+def setting(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
+    data = tmp_path / "data"
+    data.mkdir()
+    fake_fashion_mnist(data)
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"""
+model: mlp
+job_name: cli-test
+data_dir: {data}
+batch_size: 32
+epochs: 2
+network:
+  hidden_layer_sizes: [32]
+  activation: relu
+""")
+    env = {**os.environ, "DEEPGRID_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1"}
+    return conf, env, free_port()
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(DEEPGRID + args, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def test_master_and_workers_as_separate_processes(setting, tmp_path: Path) -> None:
+    conf, env, port = setting
+    address = f"127.0.0.1:{port}"
+    master = subprocess.Popen(DEEPGRID + ["master", str(conf), "--port", str(port), "--min-workers", "2",
+                                         "--json", "-o", str(tmp_path / "model")],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+    try:
+        refused = run(["worker", "-ad", address, "-t", "worker", "-a", "dbn"], env)
+        assert refused.returncode == 2
+        assert "trains 'mlp'" in refused.stderr and "Traceback" not in refused.stderr
+
+        first = subprocess.Popen(DEEPGRID + ["worker", "-ad", address, "-a", "mlp", "--workers", "1"], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        joined = first.stderr.readline()  # "deepgrid: worker(s) ID joined job ..."
+        assert "joined job 'cli-test'" in joined, joined
+        worker_id = joined.split("worker(s) ", 1)[1].split()[0]
+        status = ""
+        for _ in range(60):  # the master waits for a second worker; the first shows in `deepgrid status`
+            status = run(["status", "--job", "cli-test"], env).stdout
+            if worker_id in status:
+                break
+            time.sleep(0.5)
+        assert worker_id in status and "cli-test" in status
+
+        second = run(["worker", "-ad", address, "-a", "mlp", "--workers", "1"], env, timeout=180)
+        assert second.returncode == 0, second.stderr
+        assert first.wait(timeout=60) == 0
+        out, err = master.communicate(timeout=120)
+    finally:
+        if master.poll() is None:
+            master.kill()
+    assert master.returncode == 0, err[-2000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["workers"] == 2 and result["test_accuracy"] > 0.8
+    assert (tmp_path / "model" / "weights.safetensors").is_file()
+
+
+def test_an_unreachable_master_fails_fast_with_one_line(setting) -> None:
+    _, env, port = setting
+    started = time.monotonic()
+    result = run(["worker", "-ad", f"127.0.0.1:{port}", "-a", "mlp"], env, timeout=60)
+    assert result.returncode == 2
+    assert time.monotonic() - started < 30
+    assert result.stderr.strip().startswith("deepgrid: error: No deepgrid master answers")
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_worker_type_is_refused(setting) -> None:
+    _, env, port = setting
+    result = run(["worker", "-ad", f"127.0.0.1:{port}", "-t", "master"], env, timeout=60)
+    assert result.returncode == 2 and "not a worker type" in result.stderr
