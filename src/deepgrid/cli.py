@@ -104,6 +104,15 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def output_dir(args: argparse.Namespace, conf: Any) -> Path:
+    """Where the trained model goes; checked before training, so a bad path costs no training time."""
+    output = Path(args.output or Path("runs") / conf.job_name)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; expected a directory (new or existing). "
+                          "Pass another path with -o DIR.")
+    return output
+
+
 def load_conf(args: argparse.Namespace) -> Any:
     from deepgrid.config.conf import Conf
 
@@ -128,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from deepgrid.data.mnist import load_splits
 
     conf = load_conf(args)
-    output = Path(args.output or Path("runs") / conf.job_name)
+    output = output_dir(args, conf)
     if conf.checkpoint_dir is None and not args.single_process:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
     log("deepgrid: effective configuration\n" + conf.describe())
@@ -196,7 +205,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(invalid("--workers", args.workers, "0 or more"))
     port = args.port or engine.DEFAULT_PORT
     conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}")
-    output = Path(args.output or Path("runs") / conf.job_name)
+    output = output_dir(args, conf)
     if conf.checkpoint_dir is None:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
     log("deepgrid: effective configuration\n" + conf.describe())

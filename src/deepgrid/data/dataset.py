@@ -77,6 +77,8 @@ class ArrayDataset:
         The same (seed, epoch) gives the same order on any machine: the ledger
         of trained batches relies on it.
         """
+        if batch_size < 1:
+            raise DataError(f"Batch size {batch_size} is not allowed; expected a whole number of 1 or more.")
         if batch_size > len(self):
             raise DataError(
                 f"Batch size {batch_size} is larger than the {len(self)} examples available; "

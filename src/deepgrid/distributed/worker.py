@@ -21,7 +21,7 @@ import torch
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.models.base import Model
 from deepgrid.state.base import Job
-from deepgrid.train.loop import phase_seed
+from deepgrid.train.loop import phase_seed, seed_job_noise
 
 ModelFactory = Callable[[], Model]
 
@@ -86,6 +86,7 @@ class Worker:
         self.model.set_flat_params(params)
         order = self._order(task.phase, task.epoch)
         batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
+        seed_job_noise(self.model.conf.seed, task.phase, task.epoch, task.index)
         step = self.model.train_step(task.phase, batches)
         return {"worker_id": self.worker_id, "job_id": task.id, "params": self.model.get_flat_params(),
                 "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started}

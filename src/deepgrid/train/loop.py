@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +39,16 @@ class FitResult:
 def phase_seed(seed: int, phase_index: int) -> int:
     """Each phase shuffles differently, every worker alike."""
     return seed + 7919 * phase_index
+
+
+def seed_job_noise(seed: int, phase: str, epoch: int, job_index: int) -> None:
+    """Seed torch's RNG (dropout, Gibbs sampling, corruption) for one job.
+
+    The noise then depends on the job, not on which process trains it or what
+    ran there before: one worker computes exactly what ``fit`` computes, and a
+    job re-trained after a worker died draws the same noise.
+    """
+    torch.manual_seed(seed * 1_000_003 + zlib.crc32(f"{phase}/{epoch}/{job_index}".encode()))
 
 
 def jobs(order: torch.Tensor, job_size: int) -> Iterator[torch.Tensor]:
@@ -93,7 +104,8 @@ def fit(
             bar = tqdm(total=len(order), desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}",
                        unit="batch", disable=not progress, leave=False)
             loss_sum, seen = 0.0, 0
-            for job in jobs(order, job_size):
+            for job_index, job in enumerate(jobs(order, job_size)):
+                seed_job_noise(model.conf.seed, phase.name, epoch, job_index)
                 step = model.train_step(phase.name, [data.batch(idx) for idx in job])
                 loss_sum += step.loss * step.n_samples
                 seen += step.n_samples
