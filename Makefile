@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Debian packages: the Fashion-MNIST files (the main job's data).
-APT_PACKAGES := dataset-fashion-mnist
+# Debian packages: the Fashion-MNIST files (the main job's data); Redis and ZooKeeper, which the
+# cluster tests start themselves on free loopback ports (`make run` needs no server).
+APT_PACKAGES := dataset-fashion-mnist redis-server zookeeper
 
 .PHONY: setup system-packages run test lint bench clean
 
@@ -29,8 +30,10 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python bench/bench_single.py
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BIN)/python bench/bench_single.py --accuracy
 	$(BIN)/python bench/bench_rbm.py
+	$(BIN)/python bench/bench_distributed.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,649 @@
+"""deepgrid's parameter averaging beside plain PyTorch, DDP and Ray Train, in one run.
+
+Every contender trains the same network on the same data with the same
+initialisation and the same per-epoch shuffle:
+
+  MLP 784-256-128-10 (relu, Xavier init, seed 123) on Fashion-MNIST,
+  batch 64 per worker/process, SGD lr 0.05 momentum 0.9, E epochs (default 2).
+
+  (a) hand-written single-process PyTorch loop, 1 thread;
+  (b) deepgrid, 1 worker  (ActorNetworkRunner, Ray actors, averaging every K batches);
+  (c) deepgrid, 2 workers;
+  (d) PyTorch DDP, gloo, 2 processes (torch.multiprocessing.spawn), 1 thread each;
+  (e) Ray Train TorchTrainer, 2 workers of 1 CPU each.
+
+Samples/s is measured inside each training loop (deepgrid: ``runner.samples_per_s``,
+i.e. ``runner.train()``'s own clock); wall time is end to end, including starting
+Ray or the processes and shutting them down. "Per CPU-s" divides the samples by
+the CPU seconds the contender's processes used in that loop (deepgrid: master,
+Ray's processes and workers; DDP and Ray Train: the training processes), a
+number that other work on the machine changes much less than samples/s. The data order of an epoch is
+deepgrid's ``ArrayDataset.batch_order`` permutation (seed 123 * 1_000_003 + epoch):
+the single-process loop and deepgrid cut it into batches of 64 in order; DDP and
+Ray Train shard it DistributedSampler-style (rank r takes every world-th index,
+ragged tail dropped) and cut each shard into batches of 64.
+
+    .venv/bin/python bench/bench_distributed.py                 # defaults: 2 epochs, K = 20
+    .venv/bin/python bench/bench_distributed.py --quick         # 10k examples, 1 epoch: smoke run
+    .venv/bin/python bench/bench_distributed.py --sweep-k 10,20,50,100 --skip-ray-train --skip-ddp
+
+Ray Train needs ``ray[train]`` (pandas, pyarrow, tensorboardX):
+``.venv/bin/pip install -c constraints.txt "ray[train]"``; without it, (e) is
+reported as unavailable (or pass --skip-ray-train).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+HIDDEN = (256, 128)
+N_IN, N_OUT = 784, 10
+BATCH = 64
+LR = 0.05
+MOMENTUM = 0.9
+SEED = 123  # deepgrid's default NeuralNetConfiguration.seed
+QUICK_LIMIT = 10_000
+
+TARGETS = {  # name: (description, comparison, bound)
+    "dg1_over_hand": ("deepgrid 1 worker / hand-written samples/s", ">=", 0.95),
+    "dg2_over_dg1": ("deepgrid 2 workers / deepgrid 1 worker samples/s", ">=", 1.85),
+    "dg2_over_ddp": ("deepgrid 2 workers / DDP samples/s", ">=", 2.0),
+    "dg2_over_raytrain": ("deepgrid 2 workers / Ray Train samples/s", ">=", 2.0),
+    "dg2_wall_over_raytrain_wall": ("deepgrid 2 workers wall / Ray Train wall", "<=", 0.5),
+    "acc_dg2_minus_ddp_points": ("accuracy deepgrid 2 workers - DDP (points)", "abs<=", 0.5),
+    "acc_dg2_minus_raytrain_points": ("accuracy deepgrid 2 workers - Ray Train (points)", "abs<=", 0.5),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    samples_per_s: float | None = None
+    samples_per_cpu_s: float | None = None  # samples / CPU seconds the contender's processes used in the loop
+    accuracy: float | None = None
+    wall_s: float | None = None  # end to end, start-up and shutdown included
+    train_s: float | None = None  # the measured training loop
+    samples: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+# -- how much CPU other people's processes took meanwhile --------------------------------------------
+
+
+class ForeignCpu(threading.Thread):
+    """Samples /proc every ``interval`` s and splits CPU time between this bench's process tree
+    (itself, Ray's processes it started, DDP's processes) and everything else on the machine.
+    ``foreign_s`` is the CPU seconds the others used: on 2 cores, others using 0.5 CPU on average
+    leave the contenders 1.5."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.foreign_s, self.ours_s = interval, 0.0, 0.0
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[int, int], int] = {}
+        self._boot_ticks = self._now_ticks()
+        self._sample(first=True)
+
+    def _now_ticks(self) -> int:
+        with open("/proc/uptime") as f:
+            return int(float(f.read().split()[0]) * self._tick)
+
+    def _sample(self, first: bool = False) -> None:
+        with self._lock:
+            self._sample_locked(first)
+
+    def _sample_locked(self, first: bool) -> None:
+        procs: dict[int, tuple[int, int, int]] = {}  # pid: (ppid, cpu ticks, start ticks)
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            rest = text[text.rfind(")") + 2 :].split()
+            procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19]))
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        ours, todo = set(), [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            ours.add(pid)
+            todo += children.get(pid, [])
+        foreign = mine = 0
+        seen = {}
+        for pid, (_, cpu, started) in procs.items():
+            key = (pid, started)
+            before = self._seen.get(key, 0 if started >= self._boot_ticks else cpu)
+            seen[key] = cpu
+            if first:
+                continue
+            if pid in ours:
+                mine += cpu - before
+            else:
+                foreign += cpu - before
+        self._seen = seen
+        self.foreign_s += foreign / self._tick
+        self.ours_s += mine / self._tick
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self._sample()
+
+    def read(self) -> float:
+        """CPU seconds other processes used since the start."""
+        self._sample()
+        return self.foreign_s
+
+    def ours(self) -> float:
+        """CPU seconds this bench's process tree used since the start (whole intervals of processes
+        that ended between two samples may be missed: read it around windows where none end)."""
+        self._sample()
+        return self.ours_s
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+MONITOR: ForeignCpu | None = None  # set in main()
+
+
+def tree_cpu() -> float:
+    return MONITOR.ours() if MONITOR is not None else float("nan")
+
+
+# -- the shared pieces: network, data order, one epoch ---------------------------------------
+
+
+def build_mlp() -> nn.Sequential:
+    """784-256-128-10 with relu, Xavier-uniform weights and zero biases after torch.manual_seed(SEED):
+    the same calls in the same order as deepgrid's MLP.build, hence the same initial weights."""
+    torch.manual_seed(SEED)
+    sizes = (N_IN, *HIDDEN)
+    layers: list[nn.Module] = []
+    for i in range(len(HIDDEN)):
+        layers += [_init(nn.Linear(sizes[i], sizes[i + 1])), nn.ReLU()]
+    layers.append(_init(nn.Linear(sizes[-1], N_OUT)))
+    return nn.Sequential(*layers)
+
+
+def _init(layer: nn.Linear) -> nn.Linear:
+    with torch.no_grad():
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def epoch_permutation(n: int, epoch: int) -> torch.Tensor:
+    """The same permutation deepgrid's ArrayDataset.batch_order draws for (seed, epoch)."""
+    g = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def epoch_batches(n: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """(n_batches, BATCH) example indices of this rank's batches of ``epoch``."""
+    perm = epoch_permutation(n, epoch)
+    if world > 1:  # DistributedSampler(shuffle=True, drop_last=True): rank r takes perm[r::world]
+        perm = perm[rank : (n // world) * world : world]
+    nb = len(perm) // BATCH
+    return perm[: nb * BATCH].view(nb, BATCH)
+
+
+def train_epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                batches: torch.Tensor) -> tuple[int, float]:
+    """One epoch of plain SGD over ``batches``; returns (samples, mean loss)."""
+    module.train()
+    total = torch.zeros(())
+    for idx in batches:
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(module(xb), yb)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * len(idx)
+    n = batches.numel()
+    return n, float(total) / max(n, 1)
+
+
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    module.eval()
+    with torch.no_grad():
+        pred = torch.cat([module(chunk).argmax(1) for chunk in x.split(8192)])
+    return float((pred == y).float().mean())
+
+
+def load_data(limit: int | None) -> tuple[Any, Any]:
+    """(train, test) deepgrid ArrayDatasets; ``limit`` keeps the first ``limit`` training examples."""
+    from deepgrid.config.conf import Conf
+    from deepgrid.data.mnist import load_splits
+
+    return load_splits(Conf(model="mlp", data_dir=DATA_DIR, train_limit=limit))
+
+
+def quiet_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+# -- (a) hand-written loop ----------------------------------------------------------------------
+
+
+def run_hand(train: Any, test: Any, epochs: int) -> Row:
+    torch.set_num_threads(1)
+    module = build_mlp()
+    opt = torch.optim.SGD(module.parameters(), lr=LR, momentum=MOMENTUM)
+    x, y = train.x, train.y
+    samples, losses = 0, []
+    cpu0, start = tree_cpu(), time.perf_counter()
+    for epoch in range(epochs):
+        n, loss = train_epoch(module, opt, x, y, epoch_batches(len(x), epoch))
+        samples += n
+        losses.append(round(loss, 4))
+    seconds = time.perf_counter() - start
+    cpu = tree_cpu() - cpu0
+    return Row("(a) PyTorch loop, 1 thread", samples / seconds, samples / cpu, accuracy(module, test.x, test.y),
+               None, seconds, samples, {"epoch_losses": losses})
+
+
+def initial_params_match() -> bool:
+    """build_mlp() and deepgrid's MLP start from the very same weights."""
+    from deepgrid.config.network import NeuralNetConfiguration
+    from deepgrid.models.mlp import MLP
+
+    ours = torch.cat([p.detach().reshape(-1) for p in build_mlp().parameters()]).numpy()
+    theirs = MLP(NeuralNetConfiguration(hidden_layer_sizes=HIDDEN, activation="relu")).get_flat_params()
+    return ours.shape == theirs.shape and bool(np.array_equal(ours, theirs))
+
+
+# -- (b), (c) deepgrid ---------------------------------------------------------------------------
+
+
+def run_deepgrid(train: Any, test: Any, workers: int, k: int, epochs: int, label: str | None = None) -> Row:
+    from deepgrid.config.conf import Conf
+    from deepgrid.distributed.runner import ActorNetworkRunner
+
+    quiet_ray()  # deepgrid starts (and stops) its own local Ray
+    conf = Conf(model="mlp", workers=workers, threads_per_worker=1,
+                network=dict(hidden_layer_sizes=[256, 128], activation="relu", finetune_lr=LR,
+                             momentum=MOMENTUM, optimizer="sgd"),
+                batch_size=BATCH, epochs=epochs, averaging_frequency=k, job_name="bench-distributed")
+    start = time.perf_counter()
+    runner = ActorNetworkRunner("master", train)
+    try:
+        runner.setup(conf)
+        set_up, cpu0 = time.perf_counter(), tree_cpu()
+        model = runner.train()
+        trained, cpu = time.perf_counter(), tree_cpu() - cpu0  # master, Ray's processes and the workers
+    finally:
+        runner.shutdown()
+    wall = time.perf_counter() - start
+    acc = model.score(test.x, test.y)
+    label = label or f"({'b' if workers == 1 else 'c'}) deepgrid {workers} worker{'s' if workers > 1 else ''}, K={k}"
+    return Row(label, runner.samples_per_s, runner.samples_trained / cpu, acc, wall, runner.train_seconds,
+               runner.samples_trained,
+               {"setup_s": round(set_up - start, 2), "shutdown_s": round(wall - (trained - start), 2),
+                "rounds": runner.round, "k": k, "workers": workers})
+
+
+def run_dbn(workers: int, quick: bool) -> Row:
+    """examples/dbn.yaml (the main job) through ActorNetworkRunner with ``workers`` workers."""
+    from pathlib import Path
+
+    from deepgrid.config.conf import Conf
+    from deepgrid.data.mnist import load_splits
+    from deepgrid.distributed.runner import ActorNetworkRunner
+
+    quiet_ray()
+    conf = Conf.load(Path(__file__).resolve().parent.parent / "examples" / "dbn.yaml")
+    conf = conf.replace(workers=workers, job_name="bench-dbn")
+    if quick:
+        conf = conf.replace(train_limit=QUICK_LIMIT, epochs=2)
+    train, test = load_splits(conf)
+    start = time.perf_counter()
+    with ActorNetworkRunner("master", train) as runner:
+        runner.setup(conf)
+        model = runner.train()
+    wall = time.perf_counter() - start
+    return Row(f"DBN examples/dbn.yaml, {workers} worker{'s' if workers > 1 else ''}", runner.samples_per_s, None,
+               model.score(test.x, test.y), wall, runner.train_seconds, runner.samples_trained,
+               {"rounds": runner.round, "workers": workers})
+
+
+# -- (d) DDP --------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_process(rank: int, world: int, port: int, limit: int | None, epochs: int, out_path: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train, test = load_data(limit)
+        model = DistributedDataParallel(build_mlp())
+        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        dist.barrier()
+        cpu0, start = time.process_time(), time.perf_counter()
+        samples = 0
+        for epoch in range(epochs):
+            n, _ = train_epoch(model, opt, train.x, train.y, epoch_batches(len(train), epoch, rank, world))
+            samples += n
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        totals = torch.tensor([float(samples), seconds, cpu], dtype=torch.float64)
+        sums = totals.clone()
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        dist.all_reduce(totals, op=dist.ReduceOp.MAX)
+        if rank == 0:
+            acc = accuracy(model.module, test.x, test.y)
+            with open(out_path, "w") as f:
+                json.dump({"samples": int(sums[0]), "seconds": float(totals[1]), "cpu": float(sums[2]),
+                           "accuracy": acc}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ddp(limit: int | None, epochs: int, world: int = 2) -> Row:
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "ddp.json")
+        start = time.perf_counter()
+        mp.spawn(_ddp_process, args=(world, _free_port(), limit, epochs, out_path), nprocs=world, join=True)
+        wall = time.perf_counter() - start
+        with open(out_path) as f:
+            r = json.load(f)
+    return Row(f"(d) PyTorch DDP gloo, {world} procs", r["samples"] / r["seconds"], r["samples"] / r["cpu"],
+               r["accuracy"], wall, r["seconds"], r["samples"])
+
+
+# -- (e) Ray Train ---------------------------------------------------------------------------------
+
+
+def _ray_train_loop(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    with warnings.catch_warnings():  # zero-copy read-only views of the object store; we only read them
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(ray.get(config["refs"][0]))
+        y = torch.from_numpy(ray.get(config["refs"][1]))
+    model = ray.train.torch.prepare_model(build_mlp())
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    if dist.is_initialized():
+        dist.barrier()
+    cpu0, start = time.process_time(), time.perf_counter()
+    samples = 0
+    for epoch in range(config["epochs"]):
+        n, _ = train_epoch(model, opt, x, y, epoch_batches(len(x), epoch, rank, world))
+        samples += n
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    totals = torch.tensor([float(samples), seconds, cpu], dtype=torch.float64)
+    sums = totals.clone()
+    if dist.is_initialized():
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        dist.all_reduce(totals, op=dist.ReduceOp.MAX)
+    metrics = {"samples": int(sums[0]), "seconds": float(totals[1]), "cpu": float(sums[2]), "rank": rank}
+    if rank != 0:
+        ray.train.report(metrics)  # every worker must report, as often as rank 0
+        return
+    tx = torch.from_numpy(ray.get(config["refs"][2]))
+    ty = torch.from_numpy(ray.get(config["refs"][3]))
+    metrics["accuracy"] = accuracy(getattr(model, "module", model), tx, ty)
+    # Ray Train v2 keeps a run's metrics only with a checkpoint (Result.metrics is None otherwise):
+    # rank 0 reports a tiny one holding just the metrics.
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def run_ray_train(train: Any, test: Any, epochs: int, world: int = 2) -> Row:
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    quiet_ray()
+    with tempfile.TemporaryDirectory() as storage:
+        start = time.perf_counter()
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        try:
+            refs = [ray.put(a.numpy()) for a in (train.x, train.y, test.x, test.y)]
+            trainer = TorchTrainer(
+                _ray_train_loop,
+                train_loop_config={"refs": refs, "epochs": epochs},
+                scaling_config=ScalingConfig(num_workers=world, use_gpu=False, resources_per_worker={"CPU": 1}),
+                run_config=RunConfig(name="bench-distributed", storage_path=storage),
+            )
+            result = trainer.fit()
+        finally:
+            ray.shutdown()
+        wall = time.perf_counter() - start
+    if result.error:
+        raise RuntimeError(f"Ray Train failed: {result.error}")
+    m = result.metrics
+    if not m:
+        raise RuntimeError("Ray Train's Result carries no metrics")
+    return Row(f"(e) Ray Train TorchTrainer, {world} workers", m["samples"] / m["seconds"], m["samples"] / m["cpu"],
+               m["accuracy"], wall, m["seconds"], m["samples"])
+
+
+# -- report -------------------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows: list[Row], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'contender':<42} {'samples/s':>10} {'per CPU-s':>10} {'test acc':>9} {'train s':>8} {'wall s':>7}  notes")
+    for r in rows:
+        if r.error:
+            print(f"{r.name:<42} {'-':>10} {'-':>10} {'-':>9} {'-':>8} {'-':>7}  {r.error}")
+            continue
+        notes = ", ".join(f"{k}={v}" for k, v in r.extra.items() if k not in ("k", "workers", "epoch_losses"))
+        print(f"{r.name:<42} {_fmt(r.samples_per_s, ',.0f'):>10} {_fmt(r.samples_per_cpu_s, ',.0f'):>10} "
+              f"{_fmt(r.accuracy, '.4f'):>9} "
+              f"{_fmt(r.train_s, '.2f'):>8} {_fmt(r.wall_s, '.2f'):>7}  {notes}")
+
+
+def ratios(rows: dict[str, Row]) -> dict[str, float | None]:
+    def ok(key: str) -> Row | None:
+        r = rows.get(key)
+        return r if r is not None and r.error is None else None
+
+    hand, dg1, dg2, ddp, rt = (ok(k) for k in ("hand", "dg1", "dg2", "ddp", "raytrain"))
+
+    def div(a: Row | None, b: Row | None, attr: str = "samples_per_s") -> float | None:
+        return getattr(a, attr) / getattr(b, attr) if a and b else None
+
+    def diff(a: Row | None, b: Row | None) -> float | None:
+        return 100.0 * (a.accuracy - b.accuracy) if a and b else None
+
+    return {
+        "dg1_over_hand": div(dg1, hand),
+        "dg2_over_dg1": div(dg2, dg1),
+        "dg2_over_ddp": div(dg2, ddp),
+        "dg2_over_raytrain": div(dg2, rt),
+        "dg2_wall_over_raytrain_wall": div(dg2, rt, "wall_s"),
+        "acc_dg2_minus_ddp_points": diff(dg2, ddp),
+        "acc_dg2_minus_raytrain_points": diff(dg2, rt),
+    }
+
+
+def cpu_efficiency(rows: dict[str, Row]) -> dict[str, float | None]:
+    def per_cpu(key: str) -> float | None:
+        r = rows.get(key)
+        return r.samples_per_cpu_s if r is not None and r.error is None else None
+
+    def div(a: float | None, b: float | None) -> float | None:
+        return a / b if a and b else None
+
+    hand, dg1, dg2, ddp = (per_cpu(k) for k in ("hand", "dg1", "dg2", "ddp"))
+    return {"dg1/hand": div(dg1, hand), "dg2/dg1": div(dg2, dg1), "dg2/ddp": div(dg2, ddp)}
+
+
+def verdict(value: float | None, op: str, bound: float) -> str:
+    if value is None:
+        return "n/a"
+    met = {">=": value >= bound, "<=": value <= bound, "abs<=": abs(value) <= bound}[op]
+    return "PASS" if met else "MISS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=None, help="epochs for every contender (default 2; --quick: 1)")
+    p.add_argument("--averaging-frequency", "-k", type=int, default=20, dest="k",
+                   help="deepgrid's averaging_frequency K, mini-batches per round (default 20)")
+    p.add_argument("--sweep-k", default=None,
+                   help="comma-separated K values: also run deepgrid 2 workers at each, e.g. 10,20,50,100")
+    p.add_argument("--quick", action="store_true", help=f"first {QUICK_LIMIT:,} training examples, 1 epoch")
+    p.add_argument("--dbn", action="store_true",
+                   help="also train examples/dbn.yaml with 1 and 2 workers (target: within 0.5 points)")
+    p.add_argument("--skip-ddp", action="store_true")
+    p.add_argument("--skip-ray-train", action="store_true")
+    args = p.parse_args(argv)
+    epochs = args.epochs or (1 if args.quick else 2)
+    limit = QUICK_LIMIT if args.quick else None
+    sweep = [int(v) for v in args.sweep_k.split(",")] if args.sweep_k else []
+
+    # The master's status file goes under $DEEPGRID_HOME; keep the bench's out of ~/.deepgrid.
+    home = tempfile.TemporaryDirectory(prefix="deepgrid-bench-")
+    os.environ.setdefault("DEEPGRID_HOME", home.name)
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    global MONITOR
+    monitor = MONITOR = ForeignCpu()
+    monitor.start()
+    bench_start = time.perf_counter()
+    train, test = load_data(limit)
+    print(f"bench_distributed: MLP 784-256-128-10 relu, batch {BATCH}/worker, SGD lr {LR} momentum {MOMENTUM}, "
+          f"{epochs} epoch(s), {len(train):,} train / {len(test):,} test examples, K={args.k}")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+          f"load average before {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    same_init = initial_params_match()
+    print(f"initial weights identical to deepgrid's MLP: {same_init}")
+
+    rows: dict[str, Row] = {}
+
+    def attempt(key: str, name: str, fn: Any, *a: Any) -> Row:
+        print(f"... running {name}", file=sys.stderr, flush=True)
+        t0, f0 = time.perf_counter(), monitor.read()
+        try:
+            row = fn(*a)
+        except Exception as e:  # a contender that cannot run is reported, not hidden
+            first = str(e).strip().splitlines()[0][:150] if str(e).strip() else ""
+            row = Row(name, error=f"{type(e).__name__}: {first}")
+        # Average CPUs other people's processes used while this contender ran (of os.cpu_count()).
+        row.extra["others_cpu"] = round((monitor.read() - f0) / (time.perf_counter() - t0), 2)
+        rows[key] = row
+        return row
+
+    attempt("hand", "(a) PyTorch loop, 1 thread", run_hand, train, test, epochs)
+    attempt("dg1", "(b) deepgrid 1 worker", run_deepgrid, train, test, 1, args.k, epochs)
+    attempt("dg2", "(c) deepgrid 2 workers", run_deepgrid, train, test, 2, args.k, epochs)
+    if args.skip_ddp:
+        rows["ddp"] = Row("(d) PyTorch DDP gloo, 2 procs", error="skipped (--skip-ddp)")
+    else:
+        attempt("ddp", "(d) PyTorch DDP gloo, 2 procs", run_ddp, limit, epochs)
+    if args.skip_ray_train:
+        rows["raytrain"] = Row("(e) Ray Train TorchTrainer, 2 workers", error="skipped (--skip-ray-train)")
+    else:
+        try:
+            import ray.train.torch  # noqa: F401
+        except ImportError as e:
+            rows["raytrain"] = Row("(e) Ray Train TorchTrainer, 2 workers",
+                                   error=f"unavailable: {e}; pip install -c constraints.txt 'ray[train]'")
+        else:
+            attempt("raytrain", "(e) Ray Train TorchTrainer, 2 workers", run_ray_train, train, test, epochs)
+
+    sweep_rows: list[Row] = []
+    for k in sweep:
+        name = f"deepgrid 2 workers, K={k}"
+        sweep_rows.append(attempt(f"sweep{k}", name, run_deepgrid, train, test, 2, k, epochs, name))
+
+    dbn_rows: list[Row] = []
+    if args.dbn:
+        for workers in (1, 2):
+            dbn_rows.append(attempt(f"dbn{workers}", f"DBN {workers} worker(s)", run_dbn, workers, args.quick))
+
+    load_after = os.getloadavg()
+    others = monitor.read() / (time.perf_counter() - bench_start)
+    monitor.stop()
+    print_table([row for key, row in rows.items() if not key.startswith("sweep")],
+                "Results (samples/s inside the training loop; per CPU-s = samples per CPU second its processes "
+                "used in the loop; wall = end to end with start-up)")
+    r = ratios(rows)
+    print("\nRatios and targets")
+    for key, (desc, op, bound) in TARGETS.items():
+        value = r[key]
+        shown = "-" if value is None else (f"{value:+.2f}" if op == "abs<=" else f"{value:.3f}")
+        target = f"|x| <= {bound}" if op == "abs<=" else f"{op} {bound}"
+        print(f"  {desc:<52} {shown:>8}   target {target:<10} {verdict(value, op, bound)}")
+    cpu_ratios = cpu_efficiency(rows)
+    print("  (not targets) samples per CPU-second, which other load does not change much: "
+          + "; ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in cpu_ratios.items()))
+    if sweep_rows:
+        print_table(sweep_rows, f"Sweep: deepgrid 2 workers over K (mini-batches per averaging round), {epochs} epoch(s)")
+    dbn_gap = None
+    if dbn_rows:
+        print_table(dbn_rows, "The main job, examples/dbn.yaml (DBN 784-500-250-100-10), 1 and 2 workers")
+        if all(row.accuracy is not None for row in dbn_rows):
+            dbn_gap = round(100 * (dbn_rows[1].accuracy - dbn_rows[0].accuracy), 2)
+            print(f"  DBN accuracy, 2 workers - 1 worker: {dbn_gap:+.2f} points   target >= -0.5   "
+                  f"{'PASS' if dbn_gap >= -0.5 else 'MISS'}")
+    print(f"\nload average before {load[0]:.2f}, after {load_after[0]:.2f} (the bench itself loads both cores); "
+          f"other processes used {others:.2f} of {os.cpu_count()} CPUs on average during the bench"
+          + ("  -- HIGH: the contenders shared the CPUs; treat the speeds with care" if others > 0.25 else ""))
+    summary = {
+        "bench": "distributed", "epochs": epochs, "k": args.k, "train_examples": len(train), "quick": args.quick,
+        "same_init": same_init, "load_before": [round(v, 2) for v in load], "load_after": [round(v, 2) for v in load_after],
+        "others_cpu": round(others, 2),
+        "results": {key: asdict(row) for key, row in rows.items() if not key.startswith("sweep")},
+        "ratios": r, "cpu_efficiency_ratios": cpu_ratios, "verdicts": {key: verdict(r[key], op, bound) for key, (_, op, bound) in TARGETS.items()},
+        "sweep": [asdict(row) for row in sweep_rows],
+        "dbn": [asdict(row) for row in dbn_rows], "dbn_gap_points": dbn_gap,
+    }
+    print(json.dumps(summary))
+    home.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
