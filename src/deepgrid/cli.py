@@ -73,16 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     master.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
     master.add_argument("--output", "-o", help="where to save the trained model (default: runs/<job_name>)")
     master.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
+    master.add_argument("--registry", metavar="URL",
+                        help="registry to publish this job's address in (zk://host:2181/deepgrid or a directory; "
+                             "default: the Conf's registry_url, $DEEPGRID_REGISTRY, then $DEEPGRID_HOME/registry)")
     master.set_defaults(func=cmd_master)
 
     worker = sub.add_parser("worker", help="join a master's cluster and train the jobs it hands out",
                             description="Join the master at HOST[:PORT] (the seed's ActorNetworkRunnerApp "
                                         "-ad HOST -t worker -a dbn).")
-    worker.add_argument("-ad", "--address", required=True, help="the master's HOST[:PORT]")
+    worker.add_argument("-ad", "--address", help="the master's HOST[:PORT] (or find it with --job)")
+    worker.add_argument("--job", help="find the master of job NAME in the registry instead of giving -ad")
+    worker.add_argument("--registry", metavar="URL",
+                        help="registry to look --job up in (zk://host:2181/deepgrid or a directory; "
+                             "default: $DEEPGRID_REGISTRY, then $DEEPGRID_HOME/registry)")
     worker.add_argument("-t", "--type", default="worker", help="only 'worker' (the master has its own command)")
     worker.add_argument("-a", "--algorithm", help="model kind this worker expects (refused if the master's differs)")
     worker.add_argument("--workers", "-w", type=positive_int, help="worker actors to run (default: one per CPU core)")
     worker.set_defaults(func=cmd_worker)
+
+    add_conf_commands(sub)
 
     status = sub.add_parser("status", help="show the state of a run (workers, round, phase, loss)",
                             description="Print the state tracker's view of a run while it trains.")
@@ -98,6 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def add_conf_commands(sub: Any) -> None:
+    """``deepgrid conf push|get|list``: the configuration registry (see deepgrid.registry)."""
+    registry_help = ("the registry: zk://host:2181/deepgrid, file:///dir or a directory "
+                     "(default: $DEEPGRID_REGISTRY, then $DEEPGRID_HOME/registry)")
+    conf = sub.add_parser("conf", help="store and read job configurations in the registry (ZooKeeper or files)",
+                          description="The configuration registry: workers find a job's master by its name.")
+    conf_sub = conf.add_subparsers(dest="conf_command", metavar="ACTION")
+    conf_sub.required = True
+    push = conf_sub.add_parser("push", help="register a Conf file under a job name",
+                               description="Register CONF under --name (default: its job_name).")
+    push.add_argument("conf", metavar="CONF", help="a YAML or JSON Conf file")
+    push.add_argument("--name", help="the job name to register it under (default: the Conf's job_name)")
+    push.add_argument("--registry", metavar="URL",
+                      help=registry_help.replace("(default: ", "(default: the Conf's registry_url, "))
+    push.set_defaults(func=cmd_conf_push)
+    get = conf_sub.add_parser("get", help="print a registered Conf as YAML (secrets masked)")
+    get.add_argument("name", metavar="NAME")
+    get.add_argument("--registry", metavar="URL", help=registry_help)
+    get.set_defaults(func=cmd_conf_get)
+    listing = conf_sub.add_parser("list", help="list the registered job names")
+    listing.add_argument("--registry", metavar="URL", help=registry_help)
+    listing.set_defaults(func=cmd_conf_list)
 
 
 def log(message: str) -> None:
@@ -216,6 +249,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     log(f"deepgrid: engine head listening on {head.address}; join it with: "
         f"deepgrid worker -ad {head.address} -a {conf.model}")
     try:
+        publish_master(args, conf, head.address)
         with ActorNetworkRunner("master", train_data, progress=log) as runner:
             runner.setup(conf, resume=args.resume, local_workers=args.workers, accept_workers=True)
             runner.wait_for_workers(args.min_workers, hint=f"Start one with: deepgrid worker -ad {head.address} -a {conf.model}")
@@ -239,7 +273,90 @@ def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
     if args.type != "worker":
         raise ConfigError(f"-t/--type {args.type!r} is not a worker type; `deepgrid worker` runs workers "
                           "(-t worker). Start a master with `deepgrid master CONF`.")
-    return join_master(args.address, args.algorithm, args.workers, say=log)
+    address = args.address
+    if address and args.job:
+        raise ConfigError("Give either -ad HOST (the master's address) or --job NAME (find it in the registry), "
+                          "not both.")
+    if not address and not args.job:
+        raise ConfigError("Say which master to join: -ad HOST[:PORT], or --job NAME [--registry URL] to find "
+                          "it in the configuration registry.")
+    if args.registry and not args.job:
+        raise ConfigError("--registry says where to look a job up; add --job NAME (and leave out -ad).")
+    if args.job:
+        address = discover_master(args)
+    return join_master(address, args.algorithm, args.workers, say=log)
+
+
+def publish_master(args: argparse.Namespace, conf: Any, address: str) -> None:
+    """Register the master's Conf, its engine address in it, under the job name; then let go of the
+    registry, so that a ZooKeeper going away later cannot touch the training."""
+    from deepgrid.registry import registry_from_url, resolve_registry_url
+
+    url = resolve_registry_url(getattr(args, "registry", None), conf)
+    try:
+        registry = registry_from_url(url)
+        try:
+            registry.register(conf.job_name, conf.replace(engine_address=address))
+        finally:
+            registry.close()
+    except DeepgridError as e:
+        if url:  # a registry the user asked for: workers would look for the job there in vain
+            raise
+        log(f"deepgrid: warning: job not registered in the default registry ({e}); workers need -ad {address}")
+        return
+    log(f"deepgrid: job {conf.job_name!r} registered in {registry.url}; workers can join with: "
+        f"deepgrid worker --registry {registry.url} --job {conf.job_name}")
+
+
+def discover_master(args: argparse.Namespace) -> str:
+    """``deepgrid worker --job NAME [--registry URL]``: the master's address, from the registry alone."""
+    from deepgrid.registry import find_master, resolve_registry_url
+
+    url = resolve_registry_url(args.registry)
+    started = time.perf_counter()
+    address = find_master(url, args.job)
+    log(f"deepgrid: job {args.job!r}: master at {address} (from the registry "
+        f"{url or 'in $DEEPGRID_HOME/registry'}, {time.perf_counter() - started:.2f} s)")
+    return address
+
+
+def cmd_conf_push(args: argparse.Namespace) -> dict[str, Any]:
+    from deepgrid.config.conf import Conf
+    from deepgrid.registry import registry_from_url, resolve_registry_url
+    from deepgrid.registry.base import check_job_name
+
+    conf = Conf.load(args.conf)
+    name = check_job_name(args.name or conf.job_name)
+    registry = registry_from_url(resolve_registry_url(args.registry, conf))
+    try:
+        registry.register(name, conf)
+    finally:
+        registry.close()
+    log(f"deepgrid: registered job {name!r} in {registry.url}")
+    return {"name": name, "registry": registry.url}
+
+
+def cmd_conf_get(args: argparse.Namespace) -> None:
+    from deepgrid.registry import registry_from_url, resolve_registry_url
+
+    registry = registry_from_url(resolve_registry_url(args.registry))
+    try:
+        conf = registry.retrieve(args.name)
+    finally:
+        registry.close()
+    print(conf.describe(), end="")
+
+
+def cmd_conf_list(args: argparse.Namespace) -> None:
+    from deepgrid.registry import registry_from_url, resolve_registry_url
+
+    registry = registry_from_url(resolve_registry_url(args.registry))
+    try:
+        names = registry.list()
+    finally:
+        registry.close()
+    for name in names:
+        print(name)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
