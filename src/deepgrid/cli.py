@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--averaging-frequency", "-k", type=positive_int,
                        help="mini-batches each worker trains between parameter averages")
     train.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
+    train.add_argument("--state", metavar="URL",
+                       help="Conf.state_url: memory:// (default) or redis://[:PASSWORD@]HOST:PORT/DB")
     train.add_argument("--single-process", action="store_true",
                        help="train in this process with the reference loop (no engine, no workers)")
     train.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
@@ -71,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     master.add_argument("--workers", "-w", type=int, default=0,
                         help="worker actors to start on the master's own machine too (default 0)")
     master.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
+    master.add_argument("--state", metavar="URL",
+                        help="Conf.state_url: memory:// (default) or redis://[:PASSWORD@]HOST:PORT/DB")
     master.add_argument("--output", "-o", help="where to save the trained model (default: runs/<job_name>)")
     master.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
     master.add_argument("--registry", metavar="URL",
@@ -96,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the state of a run (workers, round, phase, loss)",
                             description="Print the state tracker's view of a run while it trains.")
     status.add_argument("--job", default="deepgrid", help="the run's job name (Conf.job_name)")
+    status.add_argument("--state", metavar="URL",
+                        help="read the run from this redis:// state tracker, not its status file")
     status.set_defaults(func=cmd_status)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on the test set",
@@ -169,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     from deepgrid.data.mnist import load_splits
 
-    conf = load_conf(args)
+    conf = load_conf(args).replace(state_url=args.state)
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None and not args.single_process:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
@@ -237,7 +243,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     if args.workers < 0:
         raise ConfigError(invalid("--workers", args.workers, "0 or more"))
     port = args.port or engine.DEFAULT_PORT
-    conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}")
+    conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}", state_url=args.state)
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
@@ -362,8 +368,30 @@ def cmd_conf_list(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> None:
     from deepgrid.state.status import format_status, read_status, status_path
 
-    snapshot = read_status(status_path(args.job))
+    if args.state:
+        snapshot = read_tracker_snapshot(args.state, args.job)
+    else:
+        snapshot = read_status(status_path(args.job))
     print(format_status(snapshot))
+
+
+def read_tracker_snapshot(url: str, job_name: str) -> dict[str, Any]:
+    """A run's snapshot straight from its (Redis) state tracker, opened as it is, never cleared."""
+    from deepgrid.state.base import tracker_from_url
+    from deepgrid.state.memory import MemoryStateTracker
+
+    tracker = tracker_from_url(url, job_name=job_name)
+    try:
+        if isinstance(tracker, MemoryStateTracker):
+            raise ConfigError("--state memory:// names no shared state: an in-memory run lives in its master "
+                              "process. Drop --state to read its status file, or pass the redis:// URL.")
+        snapshot = tracker.snapshot()
+    finally:
+        tracker.close()
+    if not snapshot["run"].get("begun") and not snapshot["workers"]:
+        raise ConfigError(f"No run named {job_name!r} is recorded on that Redis; pass the run's job name "
+                          "with --job (Conf.job_name).")
+    return snapshot
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

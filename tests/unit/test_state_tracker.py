@@ -1,7 +1,9 @@
 """Conformance tests every StateTracker passes, written against the protocol only.
 
-Add a tracker by adding a factory to TRACKER_FACTORIES (the Redis one will start
-its server in a fixture of its own and yield a tracker connected to it).
+The ``tracker`` fixture runs each test against every kind in TRACKER_KINDS: the in-memory
+tracker, and the Redis one on a redis-server this module starts (loopback, a free port, a
+password; skipped where redis-server is not installed). Redis-only behaviour (URLs, errors,
+outages, many threads) is tested in tests/integration/test_redis_tracker.py.
 Also here: tracker_from_url and the status file that `deepgrid status` reads.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections import Counter
 
 import pytest
@@ -16,14 +19,32 @@ import pytest
 from deepgrid.errors import ClusterError, ConfigError
 from deepgrid.state import Job, MemoryStateTracker, RunState, StateTracker, tracker_from_url
 from deepgrid.state.status import format_status, read_status, status_path, write_status
+from tests.redis_server import RedisServer, require_redis_server
 
-TRACKER_FACTORIES = [pytest.param(MemoryStateTracker, id="memory")]
+TRACKER_KINDS = ["memory", "redis"]
 
 
-@pytest.fixture(params=TRACKER_FACTORIES)
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """One password-protected redis-server for the module's Redis tests, stopped at the end."""
+    require_redis_server()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=TRACKER_KINDS)
 def tracker(request):
-    t = request.param()
+    if request.param == "memory":
+        t = MemoryStateTracker()
+    else:
+        from deepgrid.state.redis import RedisStateTracker
+
+        server = request.getfixturevalue("redis_server")
+        # A job name of its own: each test starts with an empty namespace on the shared server.
+        t = RedisStateTracker(server.url, job_name=f"test-{uuid.uuid4().hex[:12]}", fresh=True)
     yield t
+    if request.param == "redis":
+        t.purge()
     t.close()
 
 
@@ -291,6 +312,13 @@ def test_run_state_updates(tracker):
     assert (run.phase, run.round, run.best_loss, run.updated_at) == ("pretrain:0", 3, 0.4, 20.0)
 
 
+def test_update_run_takes_numpy_scalars(tracker):
+    np = pytest.importorskip("numpy")
+    tracker.update_run(best_loss=np.float32(0.25), epoch=np.int64(2))  # what a validation loss may be
+    run = tracker.run_state()
+    assert run.best_loss == pytest.approx(0.25) and run.epoch == 2
+
+
 def test_update_run_rejects_unknown_fields_and_statuses(tracker):
     with pytest.raises(ClusterError, match="no field"):
         tracker.update_run(rounds=3)
@@ -337,10 +365,10 @@ def test_snapshot_is_json_and_complete(tracker):
 
 def test_tracker_from_url():
     assert isinstance(tracker_from_url("memory://"), MemoryStateTracker)
-    with pytest.raises(ConfigError, match="not available"):
-        tracker_from_url("redis://localhost:6379")
-    with pytest.raises(ConfigError, match="not available"):
-        tracker_from_url("rediss://localhost:6380")
+    assert isinstance(tracker_from_url("memory://", job_name="fmnist"), MemoryStateTracker)
+    # A malformed Redis URL fails before any connection is tried (a reachable one: test_redis_tracker.py).
+    with pytest.raises(ConfigError, match="port must be a number"):
+        tracker_from_url("redis://:secret@localhost:port/0")
     with pytest.raises(ConfigError, match="memory://, redis://"):
         tracker_from_url("hazelcast://localhost")
     with pytest.raises(ConfigError, match="state_url"):

@@ -126,7 +126,7 @@ class ActorNetworkRunner:
         elif not ray.is_initialized():
             engine.start_local()
             self._started_engine = True
-        self.tracker = tracker_from_url(conf.state_url)
+        self.tracker = tracker_from_url(conf.state_url, job_name=conf.job_name, fresh=True)
         self.tracker.update_run(job_name=conf.job_name, status="starting", batch_size=conf.batch_size, started_at=time.time(),
                                 patience=conf.patience, min_improvement=conf.min_improvement, begun=True)
         self.policy = FailurePolicy(min_workers=1)

@@ -65,6 +65,10 @@ class Worker:
                 self.data = ArrayDataset(torch.from_numpy(np.asarray(data)), torch.from_numpy(np.asarray(labels)))
         self.data = ArrayDataset(self.data.x.to(device), self.data.y.to(device)) if device != "cpu" else self.data
         self._phase_index = {p.name: i for i, p in enumerate(self.model.phases())}
+        # Made now, not on the first job: the first optimizer a process makes imports torch's
+        # compiler stack (about 1.5 s), which would stall the first round for every worker.
+        for phase in self._phase_index:
+            self.model.optimizer(phase)
         self._orders: dict[tuple[str, int], torch.Tensor] = {}
 
     def info(self) -> dict[str, Any]:

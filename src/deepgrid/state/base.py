@@ -277,22 +277,46 @@ def build_snapshot(
     }
 
 
-def tracker_from_url(url: str) -> StateTracker:
-    """Open the tracker a URL names: ``memory://`` (one process) or ``redis://host:port`` (a cluster)."""
+def mask_url(url: str) -> str:
+    """The URL with anything between ``//`` and the host's ``@`` hidden (a password may be there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "***" if "@" in url else url
+    if "@" not in rest:
+        return url
+    # The last '@': a password with an unescaped '/' or '@' in it must not leak either.
+    userinfo, host_and_rest = rest.rsplit("@", 1)
+    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""  # a lone name may be a password
+    return f"{scheme}://{user}:***@{host_and_rest}"
+
+
+def tracker_from_url(url: str, job_name: str = "deepgrid", *, fresh: bool = False) -> StateTracker:
+    """Open the tracker a URL names: ``memory://`` (one process) or ``redis://host:port/db`` (a cluster).
+
+    ``job_name`` namespaces a Redis tracker's keys, so several runs can share one server; ``fresh``
+    clears what an earlier run of that name left there (a master starts with empty state, as with
+    ``memory://``). Both are ignored by the in-memory tracker, which always starts empty.
+    """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
         from deepgrid.state.memory import MemoryStateTracker
 
         return MemoryStateTracker()
     if scheme in ("redis", "rediss"):
-        raise ConfigError(
-            f"The Redis state tracker ({url!r}) is not available in this version of deepgrid; "
-            "use state_url 'memory://' for a run in one process."
-        )
+        # Deferred: redis-py is an optional dependency (the `cluster` extra).
+        try:
+            from deepgrid.state.redis import RedisStateTracker
+        except ImportError as e:
+            raise ConfigError(
+                f"state_url {url.split('://', 1)[0]}:// needs the redis package ({e}); "
+                "install it with: pip install 'deepgrid[cluster]'."
+            ) from None
+
+        return RedisStateTracker(url, job_name=job_name, fresh=fresh)
     raise ConfigError(
         invalid(
             "state_url",
-            url,
+            mask_url(url),
             "a URL starting with memory://, redis:// or rediss://",
             "Use 'memory://' for one process or 'redis://HOST:6379' for a cluster.",
         )
