@@ -23,7 +23,7 @@ the single-process loop and deepgrid cut it into batches of 64 in order; DDP and
 Ray Train shard it DistributedSampler-style (rank r takes every world-th index,
 ragged tail dropped) and cut each shard into batches of 64.
 
-    .venv/bin/python bench/bench_distributed.py                 # defaults: 2 epochs, K = 20
+    .venv/bin/python bench/bench_distributed.py                 # defaults: 2 epochs, K = 100
     .venv/bin/python bench/bench_distributed.py --quick         # 10k examples, 1 epoch: smoke run
     .venv/bin/python bench/bench_distributed.py --sweep-k 10,20,50,100 --skip-ray-train --skip-ddp
 
@@ -529,8 +529,8 @@ def verdict(value: float | None, op: str, bound: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--epochs", type=int, default=None, help="epochs for every contender (default 2; --quick: 1)")
-    p.add_argument("--averaging-frequency", "-k", type=int, default=20, dest="k",
-                   help="deepgrid's averaging_frequency K, mini-batches per round (default 20)")
+    p.add_argument("--averaging-frequency", "-k", type=int, default=100, dest="k",
+                   help="deepgrid's averaging_frequency K, mini-batches per round (default 100, deepgrid's default)")
     p.add_argument("--sweep-k", default=None,
                    help="comma-separated K values: also run deepgrid 2 workers at each, e.g. 10,20,50,100")
     p.add_argument("--quick", action="store_true", help=f"first {QUICK_LIMIT:,} training examples, 1 epoch")

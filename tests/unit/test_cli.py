@@ -245,7 +245,7 @@ def test_missing_conf_file(capsys, tmp_path):
     assert_user_error(code, capsys.readouterr().err, "nope.yaml", "does not exist")
 
 
-@pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--train-limit"])
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size", "--train-limit", "--workers"])
 @pytest.mark.parametrize("value", ["0", "-3", "many"])
 def test_non_positive_numbers_are_refused_by_argparse(capsys, flag, value):
     with pytest.raises(SystemExit) as exit_:
