@@ -7,8 +7,11 @@ into place, so a crash mid-write leaves the previous file intact.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,11 @@ from safetensors.torch import load_file, save_file
 from deepgrid.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from deepgrid.models.base import Model
+
+log = logging.getLogger("deepgrid")
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model.json"
@@ -93,13 +100,14 @@ def load_model_files(directory: Path, **kwargs: Any) -> Model:
 
 # -- run checkpoints: a model directory per checkpoint, named by round ---------------
 CHECKPOINT_PREFIX = "ckpt-"
+STAGING_PREFIX = ".staging-"
 
 
 def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: int) -> Path:
     """Write checkpoint ``ckpt-<round>`` whole or not at all, then keep only the newest ``keep``."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{CHECKPOINT_PREFIX}{int(meta['round']):09d}"
-    staging = Path(tempfile.mkdtemp(dir=directory, prefix=".staging-"))
+    staging = Path(tempfile.mkdtemp(dir=directory, prefix=STAGING_PREFIX))
     save_model_files(model, staging, meta)
     if target.exists():  # the same round saved again (the final save): replace it
         _remove_tree(target)
@@ -131,6 +139,101 @@ def load_latest_checkpoint(directory: Path) -> tuple[Model, dict[str, Any]]:
         raise ModelError(f"The newest checkpoint is damaged: {e} Nothing was changed; move {newest.name} "
                          "aside to resume from the one before it.") from None
     return model, meta
+
+
+def remove_stale_staging(directory: Path) -> int:
+    """Delete staging directories a killed writer left half-written; returns how many.
+
+    Only call this where no other writer works on ``directory`` (one master per run does).
+    """
+    if not directory.is_dir():
+        return 0
+    stale = [p for p in directory.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)]
+    for path in stale:
+        _remove_tree(path)
+    return len(stale)
+
+
+class CheckpointWriter:
+    """Writes checkpoints in one background thread, so that a round never waits for the disk.
+
+    ``submit(params, meta)`` hands over a snapshot; the caller gives a copy of the parameters it will
+    not touch again. A snapshot not yet started is replaced by a newer one, so the writer never
+    falls behind by more than the checkpoint it is writing, and the disk sees at most one write at a
+    time (``save_checkpoint``'s staging and rename keep each one whole). ``flush()`` waits until
+    everything submitted is on disk and raises the error of a write that failed. The writer owns
+    ``model`` (it loads each snapshot's parameters into it to save them): give it a model of its own.
+    """
+
+    def __init__(self, directory: Path, model: Model, keep: int) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+        self._model = model
+        self._cond = threading.Condition()
+        self._pending: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._busy = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self.last_written: Path | None = None
+        self.write_seconds: list[float] = []  # how long each write took, for reports
+        removed = remove_stale_staging(self.directory)
+        if removed:
+            log.info("removed %d half-written checkpoint(s) in %s", removed, self.directory)
+        self._thread = threading.Thread(target=self._run, name="deepgrid-checkpoint-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, params: np.ndarray, meta: dict[str, Any]) -> None:
+        """Queue a checkpoint (replacing one queued and not yet started); returns at once."""
+        with self._cond:
+            self._raise_error()
+            if self._closed:
+                raise ModelError("The checkpoint writer is closed; no more checkpoints can be written.")
+            self._pending = (params, meta)
+            self._cond.notify_all()
+
+    def flush(self) -> Path | None:
+        """Wait until every submitted checkpoint is written; returns the newest one's path."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending is None and not self._busy)
+            self._raise_error()
+            return self.last_written
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _raise_error(self) -> None:
+        # Called with the lock held. Raised once: a later write may well succeed (space freed).
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._closed)
+                if self._pending is None:
+                    return  # closed, nothing left to write
+                (params, meta), self._pending = self._pending, None
+                self._busy = True
+            try:
+                started = time.perf_counter()
+                self._model.set_flat_params(params)
+                written = save_checkpoint(self.directory, self._model, meta, keep=self.keep)
+                self.write_seconds.append(time.perf_counter() - started)
+            except BaseException as e:  # handed to the training thread at its next submit or flush
+                with self._cond:
+                    self._error = e
+            else:
+                with self._cond:
+                    self.last_written = written
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
 
 
 def _remove_tree(path: Path) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from deepgrid.checkpoint import load_latest_checkpoint, save_checkpoint
+from deepgrid.checkpoint import CheckpointWriter, load_latest_checkpoint
 from deepgrid.config.conf import Conf
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.distributed import engine
@@ -81,6 +81,19 @@ class ActorNetworkRunner:
         self._last_node_check = 0.0
         self._known_nodes: set[str] = set()
         self._resume: dict[str, Any] | None = None
+        # Where the run stands, kept here (not only in the tracker) so that a checkpoint can be
+        # written when the tracker is unreachable: that is when one is needed most.
+        self._phase_name = ""
+        self._phase_index = 0
+        self._epoch = 0
+        self._done_jobs: set[int] = set()
+        # The state at the end of the last whole round: parameters (a copy) and checkpoint metadata.
+        # A failure mid-round checkpoints this, never a half-averaged round.
+        self._committed: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._conf_dict: dict[str, Any] = {}
+        self._writer: CheckpointWriter | None = None
+        self.resumed_from_round: int | None = None  # the checkpoint's round when setup(resume=...)
+        self.checkpoint_wait_s = 0.0  # time rounds spent waiting for the background checkpoint writer
         self._samples_trained = 0
         self._train_seconds = 0.0
         self._started_engine = False
@@ -116,8 +129,15 @@ class ActorNetworkRunner:
         if resume is not None:
             restored, self._resume = load_latest_checkpoint(Path(resume))
             self.model.set_flat_params(restored.get_flat_params())
-            self._say(f"resuming from round {self._resume.get('round')} "
-                      f"({self._resume.get('phase')} epoch {int(self._resume.get('epoch', 0)) + 1})")
+            # Carry on the round counter: checkpoint names sort by round, so a resumed run that
+            # counted from 0 again would write checkpoints older than the one it started from.
+            self.round = self.resumed_from_round = int(self._resume.get("round", 0))
+            self._phase_name = str(self._resume.get("phase") or "")
+            self._phase_index = int(self._resume.get("phase_index", 0))
+            self._epoch = int(self._resume.get("epoch", 0))
+            self._done_jobs = set(self._resume.get("done_jobs", []))
+            self._say(f"resuming from round {self.round} "
+                      f"({self._phase_name or 'first phase'} epoch {self._epoch + 1})")
         self.params = self.model.get_flat_params()
         self.train_data, self.validation = self._training_data(conf)
 
@@ -126,9 +146,21 @@ class ActorNetworkRunner:
         elif not ray.is_initialized():
             engine.start_local()
             self._started_engine = True
-        self.tracker = tracker_from_url(conf.state_url, job_name=conf.job_name, fresh=True)
-        self.tracker.update_run(job_name=conf.job_name, status="starting", batch_size=conf.batch_size, started_at=time.time(),
-                                patience=conf.patience, min_improvement=conf.min_improvement, begun=True)
+        # Resuming keeps the tracker's state: the ledger of the epoch under way, the metrics, the
+        # round reached. A fresh run starts empty.
+        self.tracker = tracker_from_url(conf.state_url, job_name=conf.job_name, fresh=resume is None)
+        run_fields: dict[str, Any] = dict(
+            job_name=conf.job_name, status="starting", batch_size=conf.batch_size, patience=conf.patience,
+            min_improvement=conf.min_improvement, begun=True, done=False)
+        if resume is not None:
+            self._take_over_tracker(run_fields)
+        else:
+            run_fields["started_at"] = time.time()
+        self.tracker.update_run(**run_fields)
+        self._conf_dict = conf.to_dict()
+        self._commit()
+        if conf.checkpoint_dir is not None:
+            self._writer = CheckpointWriter(Path(conf.checkpoint_dir), factory(), conf.keep_checkpoints)
         self.policy = FailurePolicy(min_workers=1)
         self._worker_class = remote_worker_class()
         self._factory = factory
@@ -153,6 +185,29 @@ class ActorNetworkRunner:
         self._known_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         self._write_status(force=True)
         return self
+
+    def _take_over_tracker(self, run_fields: dict[str, Any]) -> None:
+        """Resuming: adopt what the previous master left in the tracker, and drop its workers.
+
+        Its workers lived in its engine (a local Ray dies with the master, and `deepgrid worker`
+        processes lose the head they joined), so their entries would show dead workers as live;
+        workers of this run register afresh. The ledger and the metrics are kept.
+        """
+        tracker = self.tracker
+        assert tracker is not None
+        before = tracker.run_state()
+        stale = sorted(tracker.workers())
+        for worker_id in stale:
+            tracker.remove_worker(worker_id)
+        if stale:
+            self._say(f"removed {len(stale)} worker(s) of the previous master from the state tracker: "
+                      f"{', '.join(stale)}")
+        if before.round > self.round:
+            self._say(f"the previous master had reached round {before.round}; "
+                      f"{before.round - self.round} round(s) after the checkpoint are trained again")
+        run_fields.update(round=self.round, param_version=self.round, phase=self._phase_name, epoch=self._epoch)
+        if not before.started_at:
+            run_fields["started_at"] = time.time()
 
     def _training_data(self, conf: Conf) -> tuple[ArrayDataset, ArrayDataset | None]:
         data = as_dataset(self.iterator, conf) if self.iterator is not None else _load_conf_data(conf)
@@ -250,20 +305,38 @@ class ActorNetworkRunner:
                     continue
                 if not self._run_phase(phase_index, phase):
                     break
-        except BaseException:
-            tracker.update_run(status="failed")
+        except BaseException as error:
+            saved = self._checkpoint_after_failure()
             self._publish("failed")
-            self._checkpoint()
-            self._write_status(force=True)
+            if not self._tracker_down():
+                try:
+                    tracker.update_run(status="failed")
+                    self._write_status(force=True)
+                except ClusterError as e:  # the tracker went away too: the run's own error matters more
+                    self._say(f"deepgrid: could not record the failure in the state tracker: {e}")
+            if isinstance(error, ClusterError) and saved is not None:
+                raise ClusterError(f"{error} The last checkpoint (round {self._committed_round()}) is in "
+                                   f"{saved.parent}: continue with --resume {saved.parent}.") from None
             raise
         self._train_seconds = time.perf_counter() - start
         model.set_flat_params(self.params)
         status = "stopped early" if self.stopped_reason == "early stopping" else "done"
+        self._checkpoint(status)  # first: it must not depend on the tracker still answering
         tracker.update_run(status=status, done=True)
         self._publish(status)
-        self._checkpoint()
         self._write_status(force=True)
         return model
+
+    def _checkpoint_after_failure(self) -> Path | None:
+        """Save the last whole round while the run fails; a failing save must not hide the run's error."""
+        try:
+            return self._checkpoint("failed")
+        except Exception as e:
+            self._say(f"deepgrid: could not write the failure checkpoint: {e}")
+            return None
+
+    def _committed_round(self) -> int:
+        return int(self._committed[1]["round"]) if self._committed is not None else self.round
 
     def _run_phase(self, phase_index: int, phase: Phase) -> bool:
         """All epochs of one phase; False when the run stops early."""
@@ -283,6 +356,7 @@ class ActorNetworkRunner:
             epoch_jobs = [Job(phase.name, epoch, i, int(chunk[0]), int(chunk[-1]) + 1)
                           for i, chunk in enumerate(jobs(order, conf.averaging_frequency)) if i not in done_jobs]
             self._phase_index, self._done_jobs = phase_index, set(done_jobs)
+            self._phase_name, self._epoch = phase.name, epoch
             tracker.clear_jobs()
             tracker.enqueue_jobs(epoch_jobs)
             losses: list[tuple[int, float]] = []
@@ -367,12 +441,12 @@ class ActorNetworkRunner:
         n = sum(r["n_samples"] for r in results)
         loss = sum(r["loss"] * r["n_samples"] for r in results) / n if n else float("nan")
         self._samples_trained += n
+        self._settle_checkpoint()  # the last round's checkpoint is on disk before the tracker moves on
         tracker.update_run(round=self.round, param_version=self.round, last_loss=loss if n else None)
         tracker.record_metrics({"round": self.round, "phase": phase.name, "loss": loss if n else None,
                                 "samples": n, "workers": len(results),
                                 "seconds": round(time.monotonic() - started, 4)})
-        if self.round % self.conf.checkpoint_every == 0:
-            self._checkpoint()
+        self._round_done()
         self._write_status()
         if self.on_round is not None:
             self.on_round(self)
@@ -426,17 +500,54 @@ class ActorNetworkRunner:
                 self._start_workers(count, node_id)
 
     # -- checkpoints and status -------------------------------------------------------
-    def _checkpoint(self) -> None:
-        conf, model, tracker = self.conf, self.model, self.tracker
-        if conf is None or model is None or tracker is None or conf.checkpoint_dir is None or self.params is None:
+    def _commit(self) -> None:
+        """Record the state at a round boundary: what a checkpoint of this round holds.
+
+        The parameters are copied (about 0.1 ms for 2 MB) because the next round replaces them
+        while the writer thread may still be saving these.
+        """
+        if self.params is None:
             return
-        run = tracker.run_state()
-        model.set_flat_params(self.params)
-        save_checkpoint(Path(conf.checkpoint_dir), model, {
-            "conf": conf.to_dict(), "phase": run.phase, "phase_index": getattr(self, "_phase_index", 0),
-            "epoch": run.epoch, "round": self.round, "param_version": self.round,
-            "done_jobs": sorted(getattr(self, "_done_jobs", set())), "status": run.status,
-        }, keep=conf.keep_checkpoints)
+        self._committed = (np.array(self.params, dtype=np.float32, copy=True), {
+            "conf": self._conf_dict, "phase": self._phase_name, "phase_index": self._phase_index,
+            "epoch": self._epoch, "round": self.round, "param_version": self.round,
+            "done_jobs": sorted(self._done_jobs), "status": "training",
+        })
+
+    def _settle_checkpoint(self) -> None:
+        """Wait for the checkpoint of the previous round, which was written while this round trained.
+
+        It is almost always on disk already (a write takes milliseconds); waiting for it before
+        the tracker records this round means the newest checkpoint is never more than one round
+        behind the round the tracker shows, so a killed master loses at most one round.
+        """
+        if self._writer is not None:
+            started = time.perf_counter()
+            self._writer.flush()
+            self.checkpoint_wait_s += time.perf_counter() - started
+
+    def _round_done(self) -> None:
+        """End of a whole round: commit it and, every ``checkpoint_every`` rounds, save it in the
+        background while the next round trains (so a killed master loses at most one round)."""
+        assert self.conf is not None
+        self._commit()
+        if self.round % self.conf.checkpoint_every == 0:
+            self._checkpoint(wait=False)
+
+    def _checkpoint(self, status: str | None = None, *, wait: bool = True) -> Path | None:
+        """Save the last whole round (never the tracker's view: it may be unreachable).
+
+        ``wait`` blocks until it is on disk (the final and the failure checkpoints) and returns its path.
+        """
+        if self._writer is None or self._committed is None:
+            return None
+        params, meta = self._committed
+        self._writer.submit(params, meta if status is None else {**meta, "status": status})
+        return self._writer.flush() if wait else None
+
+    def _tracker_down(self) -> bool:
+        """True while the (Redis) tracker is in an outage it gave up on: skip courtesy writes then."""
+        return bool(getattr(self.tracker, "unreachable", False))
 
     def _write_status(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -478,11 +589,20 @@ class ActorNetworkRunner:
         for handle in self.workers.values():
             _kill(handle.actor)
         self.workers.clear()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()  # whatever is queued gets written; errors were raised to train() already
         if self.tracker is not None:
-            self._write_status(force=True)
-            self.tracker_snapshot = self.tracker.snapshot()
-            self.tracker.close()
-            self.tracker = None
+            try:
+                if not self._tracker_down():  # else each call would retry for the whole retry window
+                    self._write_status(force=True)
+                    self.tracker_snapshot = self.tracker.snapshot()
+            finally:  # the engine must stop even when the tracker's last answer fails
+                self.tracker.close()
+                self.tracker = None
+                if self._started_engine:
+                    engine.shutdown()
+                    self._started_engine = False
         if self._started_engine:
             engine.shutdown()
             self._started_engine = False

@@ -7,7 +7,8 @@ long an operation retries while Redis is unreachable. Passwords never appear in 
 ``rediss://`` checks the server's certificate against the system's CAs.
 
 A master opens its namespace with ``fresh=True``: what an earlier run of the same job name left is
-deleted first, so a run starts empty as with ``memory://``; readers (``deepgrid status --state``)
+deleted first, so a run starts empty as with ``memory://``; a master resuming from a checkpoint
+(``--resume``) opens it as it is, to carry on the run's ledger and round; readers (``deepgrid status --state``)
 open it as it is. README.md ("Redis state tracker") shows how to inspect a run with ``redis-cli``.
 
 Key layout (J is the job name; every key of a run starts with ``deepgrid:J:``, so several runs
@@ -378,6 +379,16 @@ class RedisStateTracker:
 
     def __repr__(self) -> str:
         return f"RedisStateTracker({self.url!r}, job_name={self.job_name!r})"
+
+    @property
+    def unreachable(self) -> bool:
+        """True from the first failed call of an outage until a call succeeds again.
+
+        A master that is stopping because Redis is gone reads this to skip its courtesy writes
+        (status, final snapshot), each of which would otherwise retry for ``retry_timeout_s``.
+        """
+        with self._outage_lock:
+            return self._outage_since is not None
 
     # -- connection ----------------------------------------------------------------------------
     def _on_connect(self, connection: Any) -> None:
