@@ -144,3 +144,37 @@ def test_bad_set_ups_fail_clearly() -> None:
 def test_weighted_mean_is_exact() -> None:
     a, b = np.array([1.0, 2.0], np.float32), np.array([3.0, 6.0], np.float32)
     np.testing.assert_allclose(weighted_mean([a, b], [1, 3]), [2.5, 5.0])
+
+
+class SlowMLP(MLP):
+    """An MLP whose steps take 20 ms longer: a worker on a slow machine."""
+
+    def train_step(self, phase, batches):  # type: ignore[override]
+        import time
+
+        time.sleep(0.02 * len(batches))
+        return super().train_step(phase, batches)
+
+
+def test_a_slow_worker_takes_fewer_jobs() -> None:
+    import ray
+
+    from deepgrid.distributed.worker import remote_worker_class
+
+    c = conf(workers=1, epochs=3)
+    runner = ActorNetworkRunner("master", TRAIN)
+    try:
+        runner.setup(c)
+        fast_id = next(iter(runner.workers))
+        slow = remote_worker_class().options(num_cpus=1).remote(
+            "slow", lambda: SlowMLP(c.network), *runner._data_args, batch_size=c.batch_size)
+        runner.add_worker("slow", slow, ray.get(slow.info.remote()))
+        model = runner.train()
+    finally:
+        runner.shutdown()
+    done = {worker: sum(1 for h in runner.history if h["worker_id"] == worker) for worker in (fast_id, "slow")}
+    assert done["slow"] >= 1 and done[fast_id] >= 2 * done["slow"]  # pulled more jobs, not held idle
+    n_batches = TRAIN.n_batches(16)
+    for epoch in range(3):
+        assert runner_ledger(runner, epoch) == {i: 1 for i in range(n_batches)}  # nothing lost or repeated
+    assert model.score(TEST.x, TEST.y) > 0.95

@@ -77,6 +77,7 @@ class ActorNetworkRunner:
         self.round = 0
         self.stopped_reason: str | None = None
         self._job_seconds: list[float] = []
+        self._batch_seconds: dict[str, float] = {}  # each worker's seconds per mini-batch, last job
         self._last_status = 0.0
         self._last_node_check = 0.0
         self._known_nodes: set[str] = set()
@@ -381,7 +382,13 @@ class ActorNetworkRunner:
         return True
 
     def _round(self, phase: Phase) -> list[tuple[int, float]]:
-        """One round: each live worker trains a job from the same parameters; then average."""
+        """One round: each live worker trains a job from the same parameters; then average.
+
+        Jobs are pulled: a worker that finishes while a slower one will still be busy for longer
+        than its own next job takes another job, continuing from its own parameters, so a slow
+        worker trains fewer jobs instead of holding the others idle. Each worker's last
+        parameters count by the samples it trained this round.
+        """
         import ray
 
         tracker, conf = self.tracker, self.conf
@@ -399,8 +406,11 @@ class ActorNetworkRunner:
                 break
             calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job)
         started = time.monotonic()
+        call_started = dict.fromkeys(calls, started)
         deadline = self._deadline()
-        results: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []  # every job's result, for the losses and the history
+        latest: dict[str, dict[str, Any]] = {}  # each worker's last result: the parameters to average
+        samples: dict[str, int] = {}  # samples each worker trained this round: its weight in the mean
         pending = list(calls)
         while pending:
             remaining = deadline - (time.monotonic() - started)
@@ -423,11 +433,17 @@ class ActorNetworkRunner:
                     continue
                 if tracker.complete_job(worker_id, result["job_id"], result["n_samples"], result["loss"]):
                     results.append(result)
+                    latest[worker_id] = result
+                    samples[worker_id] = samples.get(worker_id, 0) + result["n_samples"]
+                    self._batch_seconds[worker_id] = result["seconds"] / job.n_batches
                     self.history.append({"round": self.round + 1, "worker_id": worker_id, "job_id": job.id,
                                          "n_samples": result["n_samples"], "loss": result["loss"],
                                          "seconds": result["seconds"]})
                     self._job_seconds.append(result["seconds"])
                     self._done_jobs.add(job.index)
+                    ref = self._pull_another(worker_id, pending, calls, call_started)
+                    if ref is not None:
+                        pending.append(ref)
         for ref in pending:  # past the deadline: the job moves on, the worker may stay
             worker_id, job = calls[ref]
             handle = self.workers.get(worker_id)
@@ -435,8 +451,8 @@ class ActorNetworkRunner:
                 handle.failures += 1
             self._failure(Failure(worker_id, FailureKind.TIMEOUT, job, f"no result after {deadline:.1f} s",
                                   handle.failures if handle else 1))
-        if results:
-            self.params = weighted_mean([r["params"] for r in results], [r["n_samples"] for r in results])
+        if latest:
+            self.params = weighted_mean([r["params"] for r in latest.values()], [samples[w] for w in latest])
         self.round += 1
         n = sum(r["n_samples"] for r in results)
         loss = sum(r["loss"] * r["n_samples"] for r in results) / n if n else float("nan")
@@ -451,6 +467,32 @@ class ActorNetworkRunner:
         if self.on_round is not None:
             self.on_round(self)
         return [(r["n_samples"], r["loss"]) for r in results]
+
+    def _pull_another(self, worker_id: str, pending: list[Any], calls: dict[Any, tuple[str, Job]],
+                      call_started: dict[Any, float]) -> Any:
+        """Give ``worker_id`` another job of this round if the slowest worker still busy will take
+        longer than that job; return its call, or None. Unknown speeds never pull."""
+        tracker, handle = self.tracker, self.workers.get(worker_id)
+        own = self._batch_seconds.get(worker_id)
+        if tracker is None or handle is None or own is None or not pending or not tracker.pending_jobs():
+            return None
+        now = time.monotonic()
+        busy_for = 0.0  # how long the slowest in-flight job still needs, by its worker's past speed
+        for ref in pending:
+            other, job = calls[ref]
+            speed = self._batch_seconds.get(other)
+            if speed is None:
+                return None
+            busy_for = max(busy_for, speed * job.n_batches - (now - call_started[ref]))
+        next_job = own * (self.conf.averaging_frequency if self.conf else 1)
+        if busy_for < next_job:
+            return None
+        job = tracker.claim_job(worker_id)
+        if job is None:
+            return None
+        ref = handle.actor.train.remote(None, job.to_dict())  # None: go on from its own parameters
+        calls[ref], call_started[ref] = (worker_id, job), now
+        return ref
 
     def _deadline(self) -> float:
         """Seconds a round may take: long enough for a slow job, short enough to notice a hung worker."""

@@ -83,11 +83,13 @@ class Worker:
                                                        epoch)}
         return self._orders[key]
 
-    def train(self, params: np.ndarray, job: dict[str, Any]) -> dict[str, Any]:
-        """Train one job from ``params``; return the new parameters and what was trained."""
+    def train(self, params: np.ndarray | None, job: dict[str, Any]) -> dict[str, Any]:
+        """Train one job from ``params`` (None: from this worker's own current parameters, a
+        second job in the same round); return the new parameters and what was trained."""
         started = time.perf_counter()
         task = Job.from_dict(job)
-        self.model.set_flat_params(params)
+        if params is not None:
+            self.model.set_flat_params(params)
         order = self._order(task.phase, task.epoch)
         batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
         seed_job_noise(self.model.conf.seed, task.phase, task.epoch, task.index)
