@@ -178,3 +178,17 @@ def test_a_slow_worker_takes_fewer_jobs() -> None:
     for epoch in range(3):
         assert runner_ledger(runner, epoch) == {i: 1 for i in range(n_batches)}  # nothing lost or repeated
     assert model.score(TEST.x, TEST.y) > 0.95
+
+
+def test_block_momentum_adds_back_part_of_the_last_step() -> None:
+    runner = ActorNetworkRunner("master", TRAIN)
+    runner.conf, runner.params = conf(), np.zeros(3, dtype=np.float32)
+    first = runner._block_update(np.ones(3, dtype=np.float32), n_workers=2)  # no earlier step yet
+    np.testing.assert_allclose(first, [1, 1, 1])
+    runner.params = first
+    second = runner._block_update(np.full(3, 2.0, dtype=np.float32), n_workers=2)  # step 1 + 0.5 x 1
+    np.testing.assert_allclose(second, [2.5, 2.5, 2.5])
+    runner.params, runner._block_step = first, None
+    np.testing.assert_allclose(runner._block_update(np.full(3, 2.0, dtype=np.float32), n_workers=1), [2, 2, 2])
+    runner.conf = conf(block_momentum=0.0)  # plain averaging, whatever the worker count
+    np.testing.assert_allclose(runner._block_update(np.full(3, 3.0, dtype=np.float32), n_workers=4), [3, 3, 3])

@@ -19,7 +19,7 @@ from deepgrid.errors import ConfigError, invalid
 class Rule:
     """What one field accepts."""
 
-    kind: str  # "int", "float", "bool", "str", "choice", "sizes", "opt_str", "opt_int"
+    kind: str  # "int", "float", "bool", "str", "choice", "sizes", "opt_str", "opt_int", "opt_float"
     low: float | None = None  # inclusive lower bound
     high: float | None = None  # inclusive upper bound
     low_open: bool = False  # True: the lower bound itself is not allowed
@@ -45,7 +45,7 @@ class Rule:
                 bound = f" >= {_fmt(self.low)}"
             else:
                 bound = ""
-        return noun + bound + (" or null" if self.kind == "opt_int" else "")
+        return noun + bound + (" or null" if self.kind in ("opt_int", "opt_float") else "")
 
 
 def _fmt(x: float) -> str:
@@ -62,7 +62,7 @@ FRACTION = Rule("float", low=0, high=1)
 def check(name: str, value: Any, rule: Rule) -> Any:
     """Return ``value`` normalised for ``rule``, or raise ConfigError."""
     bad = ConfigError(invalid(name, value, rule.describe()))
-    if rule.kind in ("opt_str", "opt_int") and value is None:
+    if rule.kind in ("opt_str", "opt_int", "opt_float") and value is None:
         return None
     if rule.kind == "bool":
         if not isinstance(value, bool):

@@ -78,6 +78,7 @@ class ActorNetworkRunner:
         self.stopped_reason: str | None = None
         self._job_seconds: list[float] = []
         self._batch_seconds: dict[str, float] = {}  # each worker's seconds per mini-batch, last job
+        self._block_step: np.ndarray | None = None  # the last round's step, for block momentum
         self._last_status = 0.0
         self._last_node_check = 0.0
         self._known_nodes: set[str] = set()
@@ -358,6 +359,8 @@ class ActorNetworkRunner:
                           for i, chunk in enumerate(jobs(order, conf.averaging_frequency)) if i not in done_jobs]
             self._phase_index, self._done_jobs = phase_index, set(done_jobs)
             self._phase_name, self._epoch = phase.name, epoch
+            if epoch == first_epoch:
+                self._block_step = None  # a new phase trains other parameters: no momentum carried over
             tracker.clear_jobs()
             tracker.enqueue_jobs(epoch_jobs)
             losses: list[tuple[int, float]] = []
@@ -452,7 +455,8 @@ class ActorNetworkRunner:
             self._failure(Failure(worker_id, FailureKind.TIMEOUT, job, f"no result after {deadline:.1f} s",
                                   handle.failures if handle else 1))
         if latest:
-            self.params = weighted_mean([r["params"] for r in latest.values()], [samples[w] for w in latest])
+            mean = weighted_mean([r["params"] for r in latest.values()], [samples[w] for w in latest])
+            self.params = self._block_update(mean, len(latest))
         self.round += 1
         n = sum(r["n_samples"] for r in results)
         loss = sum(r["loss"] * r["n_samples"] for r in results) / n if n else float("nan")
@@ -467,6 +471,24 @@ class ActorNetworkRunner:
         if self.on_round is not None:
             self.on_round(self)
         return [(r["n_samples"], r["loss"]) for r in results]
+
+    def _block_update(self, mean: np.ndarray, n_workers: int) -> np.ndarray:
+        """The next parameters from the round's average: block momentum (BMUF, Chen & Huo 2016).
+
+        Averaging the workers' parameters shrinks each round's step (their directions differ);
+        adding ``block_momentum`` times the previous round's step back makes up for it. The
+        default, 1 - 1/N for N workers in the round, is the paper's; with one worker it is 0,
+        so one worker still computes exactly what the reference loop computes. The step is not
+        checkpointed: a resumed run starts it from zero.
+        """
+        assert self.conf is not None and self.params is not None
+        momentum = self.conf.block_momentum
+        momentum = 1.0 - 1.0 / n_workers if momentum is None else momentum
+        step = mean - self.params
+        if momentum > 0 and self._block_step is not None:
+            step += momentum * self._block_step
+        self._block_step = step
+        return (self.params + step).astype(np.float32) if momentum > 0 else mean
 
     def _pull_another(self, worker_id: str, pending: list[Any], calls: dict[Any, tuple[str, Job]],
                       call_started: dict[Any, float]) -> Any:

@@ -64,6 +64,9 @@ class Worker:
                 warnings.simplefilter("ignore", UserWarning)
                 self.data = ArrayDataset(torch.from_numpy(np.asarray(data)), torch.from_numpy(np.asarray(labels)))
         self.data = ArrayDataset(self.data.x.to(device), self.data.y.to(device)) if device != "cpu" else self.data
+        # Touch every page of the (memory-mapped) data now, during set-up: the first job would
+        # otherwise pay for mapping them in, and its round with it.
+        float(self.data.x.sum())
         self._phase_index = {p.name: i for i, p in enumerate(self.model.phases())}
         # Made now, not on the first job: the first optimizer a process makes imports torch's
         # compiler stack (about 1.5 s), which would stall the first round for every worker.

@@ -52,9 +52,19 @@ def seed_job_noise(seed: int, phase: str, epoch: int, job_index: int) -> None:
 
 
 def jobs(order: torch.Tensor, job_size: int) -> Iterator[torch.Tensor]:
-    """Cut an epoch's batch order (n_batches, B) into jobs of ``job_size`` batches."""
-    for start in range(0, len(order), job_size):
-        yield order[start : start + job_size]
+    """Cut an epoch's batch order (n_batches, B) into jobs of at most ``job_size`` batches.
+
+    The jobs are as even as they can be (937 batches at 100 give 7 jobs of 94 and 3 of 93,
+    not 9 of 100 and one of 37): workers in a round then finish together instead of one
+    waiting while another trains the long job.
+    """
+    n_jobs = -(-len(order) // job_size)
+    base, extra = divmod(len(order), n_jobs) if n_jobs else (0, 0)
+    start = 0
+    for index in range(n_jobs):
+        size = base + (1 if index < extra else 0)
+        yield order[start : start + size]
+        start += size
 
 
 def validation_loss(model: Model, data: ArrayDataset) -> float:
