@@ -606,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     others = monitor.read() / (time.perf_counter() - bench_start)
     monitor.stop()
-    print_table([row for key, row in rows.items() if not key.startswith("sweep")],
+    print_table([row for key, row in rows.items() if not key.startswith(("sweep", "dbn"))],
                 "Results (samples/s inside the training loop; per CPU-s = samples per CPU second its processes "
                 "used in the loop; wall = end to end with start-up)")
     r = ratios(rows)
