@@ -114,3 +114,37 @@ def test_a_bad_worker_type_is_refused(setting) -> None:
     _, env, port = setting
     result = run(["worker", "-ad", f"127.0.0.1:{port}", "-t", "master"], env, timeout=60)
     assert result.returncode == 2 and "not a worker type" in result.stderr
+
+
+def test_a_worker_finds_the_master_through_zookeeper_alone(setting, tmp_path: Path) -> None:
+    """The seed's ZookeeperConfigurationRetriever: the worker is given the registry and the job name only."""
+    pytest.importorskip("kazoo")
+    from tests.zookeeper_server import ZooKeeperServer, zookeeper_available
+
+    why_not = zookeeper_available()
+    if why_not:
+        pytest.skip(f"no ZooKeeper server for tests: {why_not}")
+    conf, env, port = setting
+    with ZooKeeperServer() as zk:
+        registry = zk.url("/deepgrid-e2e")
+        master = subprocess.Popen(DEEPGRID + ["master", str(conf), "--port", str(port), "--min-workers", "1",
+                                             "--registry", registry, "--json", "-o", str(tmp_path / "model")],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  stdin=subprocess.DEVNULL)
+        try:
+            for _ in range(120):  # until the master has registered the job (no fixed wait)
+                listed = run(["conf", "list", "--registry", registry], env)
+                if "cli-test" in listed.stdout:
+                    break
+                assert master.poll() is None, master.stderr.read()[-2000:]
+                time.sleep(0.5)
+            worker = run(["worker", "--registry", registry, "--job", "cli-test", "-a", "mlp", "--workers", "1"],
+                         env, timeout=180)
+            assert worker.returncode == 0, worker.stderr[-2000:]
+            assert f"master at 127.0.0.1:{port}" in worker.stderr
+            out, err = master.communicate(timeout=120)
+        finally:
+            if master.poll() is None:
+                master.kill()
+        assert master.returncode == 0, err[-2000:]
+        assert json.loads(out.strip().splitlines()[-1])["workers"] == 1
