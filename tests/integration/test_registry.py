@@ -20,6 +20,7 @@ from deepgrid.config.conf import Conf
 from deepgrid.errors import ClusterError, ConfigError
 from deepgrid.registry import ConfigRegistry, find_master, registry_from_url
 from deepgrid.registry.zookeeper import ZooKeeperConfigRegistry
+from tests.helpers import assert_user_error as user_error
 from tests.zookeeper_server import ZooKeeperServer, free_port, zookeeper_available
 
 pytest.importorskip("kazoo", reason="the ZooKeeper registry needs kazoo (pip install 'deepgrid[cluster]')")
@@ -64,15 +65,6 @@ def closed_port_url() -> str:
     return f"zk://127.0.0.1:{free_port()}/deepgrid"  # nothing listens there once the probe socket closed
 
 
-def user_error(code: int, stderr: str, *fragments: str) -> str:
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("deepgrid: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    for fragment in fragments:
-        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
-    return errors[0]
 
 
 def test_round_trip_and_node_layout(zk, root):

@@ -19,6 +19,7 @@ import pytest
 
 from deepgrid.cli import main
 from deepgrid.data.idx import read_idx, write_idx
+from tests.helpers import assert_user_error
 
 SUMMARY_KEYS = {"model", "workers", "test_accuracy", "samples_per_s", "elapsed_s"}
 FAST_CONF = """\
@@ -47,16 +48,6 @@ def last_json_line(stdout: str) -> dict:
     return summary
 
 
-def assert_user_error(code: int, stderr: str, *fragments: str) -> str:
-    """Exit status 2 and one clean error line, the last on stderr; returns the line."""
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("deepgrid: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    for fragment in fragments:
-        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
-    return errors[0]
 
 
 def write_conf(directory: Path, text: str, name: str = "conf.yaml") -> str:

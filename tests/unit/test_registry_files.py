@@ -20,6 +20,7 @@ from deepgrid.errors import ClusterError, ConfigError
 from deepgrid.registry import ConfigRegistry, find_master, registry_from_url, resolve_registry_url
 from deepgrid.registry.files import FileConfigRegistry
 from deepgrid.registry.zookeeper import parse_zk_url, zk_credentials
+from tests.helpers import assert_user_error as user_error
 
 CONF_YAML = """\
 model: mlp
@@ -50,16 +51,6 @@ def conf(**changes) -> Conf:
     return Conf(model="mlp", **changes)
 
 
-def user_error(code: int, stderr: str, *fragments: str) -> str:
-    """Exit status 2 and exactly one "deepgrid: error:" line, the last on stderr, no traceback."""
-    assert code == 2, stderr
-    assert "Traceback" not in stderr
-    lines = stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("deepgrid: error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], stderr
-    for fragment in fragments:
-        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
-    return errors[0]
 
 
 # -- the registry itself -------------------------------------------------------------------
