@@ -19,6 +19,7 @@ knows nothing of distribution.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,9 +138,11 @@ class Model:
     def set_flat_params(self, flat: np.ndarray | Tensor) -> None:
         """Overwrite all parameters from a flat vector made by ``get_flat_params``."""
         array = np.asarray(flat, dtype=np.float32)
-        if not array.flags.writeable:  # a zero-copy view from Ray's object store; torch wants writable memory
-            array = array.copy()
-        vector = torch.from_numpy(array)
+        with warnings.catch_warnings():
+            # A zero-copy, read-only view from Ray's object store: torch warns that it cannot
+            # write to it, but the vector is only read, into the parameters: no copy needed.
+            warnings.simplefilter("ignore", UserWarning)
+            vector = torch.from_numpy(array)
         if vector.numel() != self.n_params:
             raise ModelError(
                 f"Parameter vector has {vector.numel()} values but {self.name} has {self.n_params}; "
