@@ -192,3 +192,27 @@ def test_block_momentum_adds_back_part_of_the_last_step() -> None:
     np.testing.assert_allclose(runner._block_update(np.full(3, 2.0, dtype=np.float32), n_workers=1), [2, 2, 2])
     runner.conf = conf(block_momentum=0.0)  # plain averaging, whatever the worker count
     np.testing.assert_allclose(runner._block_update(np.full(3, 3.0, dtype=np.float32), n_workers=4), [3, 3, 3])
+
+
+def test_resume_keeps_the_early_stopping_state(tmp_path) -> None:
+    ckpt = tmp_path / "ckpt"
+    c = conf(checkpoint_dir=str(ckpt), epochs=4, validation_fraction=0.2, patience=50)
+
+    def crash(runner: ActorNetworkRunner) -> None:
+        if runner._epoch >= 2:  # two validations have run
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(c, on_round=crash)
+    saved = json.loads(sorted(ckpt.glob("ckpt-*/model.json"))[-1].read_text())
+    best = saved["best_loss"]
+    assert best is not None and best > 0  # validation had run before the crash
+    resumed = ActorNetworkRunner("master", TRAIN)
+    try:
+        resumed.setup(c, resume=ckpt)
+        resumed.on_round = lambda r: (_ for _ in ()).throw(KeyboardInterrupt)  # stop at the first round
+        with pytest.raises(KeyboardInterrupt):
+            resumed.train()
+        assert resumed._stopper is not None and resumed._stopper.best == pytest.approx(best)
+    finally:
+        resumed.shutdown()

@@ -19,6 +19,7 @@ what ``deepgrid.train.loop.fit`` computes.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 import uuid
@@ -79,6 +80,7 @@ class ActorNetworkRunner:
         self._job_seconds: list[float] = []
         self._batch_seconds: dict[str, float] = {}  # each worker's seconds per mini-batch, last job
         self._block_step: np.ndarray | None = None  # the last round's step, for block momentum
+        self._stopper: EarlyStopping | None = None  # the phase's early stopping, saved in checkpoints
         self._last_status = 0.0
         self._last_node_check = 0.0
         self._known_nodes: set[str] = set()
@@ -344,13 +346,17 @@ class ActorNetworkRunner:
         """All epochs of one phase; False when the run stops early."""
         conf, tracker = self.conf, self.tracker
         assert conf is not None and tracker is not None
-        stopper = EarlyStopping(conf.patience, conf.min_improvement)
+        stopper = self._stopper = EarlyStopping(conf.patience, conf.min_improvement)
         n_batches = self.train_data.n_batches(conf.batch_size)
         first_epoch = 0
         done_jobs: set[int] = set()
         if self._resume and phase_index == int(self._resume.get("phase_index", 0)):
             first_epoch = int(self._resume.get("epoch", 0))
             done_jobs = set(self._resume.get("done_jobs", []))
+            # Early stopping carries on where it was: best validation loss and checks without gain.
+            best = self._resume.get("best_loss")
+            stopper.best = float(best) if best is not None else stopper.best
+            stopper.bad_checks = int(self._resume.get("bad_checks", 0))
             self._resume = None
         for epoch in range(first_epoch, phase.epochs):
             tracker.update_run(phase=phase.name, epoch=epoch)
@@ -576,6 +582,9 @@ class ActorNetworkRunner:
             "conf": self._conf_dict, "phase": self._phase_name, "phase_index": self._phase_index,
             "epoch": self._epoch, "round": self.round, "param_version": self.round,
             "done_jobs": sorted(self._done_jobs), "status": "training",
+            # JSON has no infinity: an early stopper with no validation yet saves null.
+            "best_loss": None if self._stopper is None or math.isinf(self._stopper.best) else self._stopper.best,
+            "bad_checks": 0 if self._stopper is None else self._stopper.bad_checks,
         })
 
     def _settle_checkpoint(self) -> None:
