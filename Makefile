@@ -31,9 +31,10 @@ test: setup
 
 bench: setup
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[bench]"
+	$(BIN)/python bench/bench_single.py
 	$(BIN)/python bench/bench_single.py --accuracy
 	$(BIN)/python bench/bench_rbm.py
-	$(BIN)/python bench/bench_distributed.py
+	$(BIN)/python bench/bench_distributed.py --dbn
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
