@@ -236,7 +236,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     from deepgrid.config.conf import Conf
     from deepgrid.data.mnist import load_splits
     from deepgrid.distributed import engine
-    from deepgrid.distributed.cluster import start_head
+    from deepgrid.distributed.cluster import adopt_head, record_head, start_head
     from deepgrid.distributed.runner import ActorNetworkRunner
     from deepgrid.state.status import deepgrid_home
 
@@ -251,7 +251,15 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     train_data, test_data = load_splits(conf)
     home = deepgrid_home()
     home.mkdir(parents=True, exist_ok=True)
-    head = start_head(args.bind, port, os.cpu_count() or 1, str(home / "ray-head.log"))
+    head_record = home / "runs" / conf.job_name / "head.json"
+    head: Any = adopt_head(head_record, f"{args.bind}:{port}") if args.resume else None
+    if head is not None:
+        # The killed master's head is still up, and `deepgrid worker` processes with it: they
+        # wait for a master to come back and join this one.
+        log(f"deepgrid: resuming on the engine head the previous master left at {head.address}")
+    else:
+        head = start_head(args.bind, port, os.cpu_count() or 1, str(home / "ray-head.log"))
+        record_head(head_record, head)
     log(f"deepgrid: engine head listening on {head.address}; join it with: "
         f"deepgrid worker -ad {head.address} -a {conf.model}")
     try:

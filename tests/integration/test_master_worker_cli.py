@@ -148,3 +148,47 @@ def test_a_worker_finds_the_master_through_zookeeper_alone(setting, tmp_path: Pa
                 master.kill()
         assert master.returncode == 0, err[-2000:]
         assert json.loads(out.strip().splitlines()[-1])["workers"] == 1
+
+
+def test_a_killed_master_resumes_and_its_worker_process_reattaches(setting, tmp_path: Path) -> None:
+    import signal
+
+    conf, env, port = setting
+    conf.write_text(conf.read_text().replace("epochs: 2", "epochs: 30").replace("averaging_frequency: 8",
+                                                                                  "averaging_frequency: 2"))
+    ckpt = tmp_path / "model" / "checkpoints"
+    master_args = ["master", str(conf), "--port", str(port), "--min-workers", "1", "--json", "-o",
+                   str(tmp_path / "model")]
+    head_pid = None
+    master = subprocess.Popen(DEEPGRID + master_args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, stdin=subprocess.DEVNULL)
+    worker = subprocess.Popen(DEEPGRID + ["worker", "-ad", f"127.0.0.1:{port}", "-a", "mlp", "--workers", "1"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              stdin=subprocess.DEVNULL)
+    resumed = None
+    try:
+        for _ in range(240):  # until a few checkpoints exist (no fixed wait)
+            if ckpt.is_dir() and len(list(ckpt.glob("ckpt-*"))) >= 2:
+                break
+            assert master.poll() is None, master.stderr.read()[-2000:]
+            time.sleep(0.25)
+        head_pid = json.loads((tmp_path / "home" / "runs" / "cli-test" / "head.json").read_text())["pid"]
+        master.send_signal(signal.SIGKILL)
+        master.wait(timeout=30)
+        resumed = subprocess.run(DEEPGRID + master_args + ["--resume", str(ckpt)], env=env, capture_output=True,
+                                 text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resuming on the engine head the previous master left" in resumed.stderr
+        assert json.loads(resumed.stdout.strip().splitlines()[-1])["workers"] == 1  # the worker came back
+        _, worker_err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, worker_err[-2000:]
+        assert "went away; waiting" in worker_err and worker_err.count("joined job 'cli-test'") == 2
+    finally:
+        for process in (master, worker):
+            if process.poll() is None:
+                process.kill()
+        if head_pid is not None:  # the resumed master stops the head; make sure, whatever happened
+            try:
+                os.killpg(head_pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass

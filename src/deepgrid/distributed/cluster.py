@@ -11,6 +11,7 @@ it exits, they die, and the master drops them without stopping.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from deepgrid.distributed import engine
@@ -51,6 +53,56 @@ class HeadProcess:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@dataclass
+class AdoptedHead:
+    """The Ray head a killed master left running (``ray start`` runs in its own session, so it
+    outlives the master): a resumed master trains on it, its workers still joined, and stops it
+    at the end as if it had started it."""
+
+    pid: int
+    address: str
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 20
+        while _alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(self.pid):
+            os.killpg(self.pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def record_head(path: Path, head: HeadProcess) -> None:
+    """Note the head's process and address, so that a master resumed after a crash can find it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": head.process.pid, "address": head.address}))
+
+
+def adopt_head(path: Path, address: str) -> AdoptedHead | None:
+    """The head a crashed master left at ``address``, if ``path`` records one that still runs."""
+    try:
+        record = json.loads(path.read_text())
+        pid = int(record["pid"])
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            command = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if record.get("address") != address or " start --head" not in command or not _alive(pid):
+        return None
+    return AdoptedHead(pid, address)
 
 
 def ray_executable() -> str:
@@ -121,10 +173,21 @@ class Mailbox:
         return self._status
 
 
-def open_mailbox(description: dict[str, Any]) -> Any:
+def open_mailbox(description: dict[str, Any], wait_s: float = 30.0) -> Any:
+    """The master's named mailbox. On a head a killed master left, its mailbox's name is freed
+    once the engine has noticed that master's death: wait for that, up to ``wait_s``."""
     import ray
 
-    return ray.remote(num_cpus=0)(Mailbox).options(name=MAILBOX_NAME, namespace=engine.NAMESPACE).remote(description)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return ray.remote(num_cpus=0)(Mailbox).options(
+                name=MAILBOX_NAME, namespace=engine.NAMESPACE).remote(description)
+        except ValueError:  # the name is still taken
+            if time.monotonic() > deadline:
+                raise ClusterError(f"Another deepgrid master already runs on this engine (its {MAILBOX_NAME!r} "
+                                   "is taken); stop it first, or start this one with another --port.") from None
+            time.sleep(0.5)
 
 
 def find_mailbox(address: str, wait_s: float = 30.0) -> Any:
