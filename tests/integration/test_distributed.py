@@ -216,3 +216,48 @@ def test_resume_keeps_the_early_stopping_state(tmp_path) -> None:
         assert resumed._stopper is not None and resumed._stopper.best == pytest.approx(best)
     finally:
         resumed.shutdown()
+
+
+def test_a_stopped_worker_is_caught_by_its_heartbeat() -> None:
+    """SIGSTOP: Ray still sees the process, but it answers no ping; the round deadline is far off."""
+    stopped: list[int] = []
+
+    def stop_one(runner: ActorNetworkRunner) -> None:
+        if runner.round == 2 and not stopped:
+            worker_id = sorted(runner.workers)[0]
+            pid = runner.tracker.workers()[worker_id].info["pid"]
+            os.kill(pid, signal.SIGSTOP)
+            stopped.append(pid)
+
+    c = conf(workers=2, epochs=1, averaging_frequency=8, heartbeat_timeout_s=2.0, round_deadline_s=600.0, network=dict(
+        n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu", finetune_lr=0.05))
+    slow = MLPThatSleeps.factory(c)
+    runner = ActorNetworkRunner("master", TRAIN, model_factory=slow)
+    runner.on_round = stop_one
+    try:
+        runner.setup(c)
+        model = runner.train()
+    finally:
+        runner.shutdown()
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert stopped and len(runner.tracker_snapshot["workers"]) == 1  # the silent one was dropped
+    assert set(runner_ledger(runner, 0)) == set(range(TRAIN.n_batches(16)))  # its job was trained by the other
+    assert model.score(TEST.x, TEST.y) > 0.9
+
+
+class MLPThatSleeps(MLP):
+    """Jobs long enough (0.5 s) that the master pings the workers while they train."""
+
+    @staticmethod
+    def factory(c: Conf):
+        return lambda: MLPThatSleeps(c.network)
+
+    def train_step(self, phase, batches):  # type: ignore[override]
+        import time
+
+        time.sleep(0.5)
+        return super().train_step(phase, batches)

@@ -48,6 +48,7 @@ STATUS_EVERY_S = 0.5  # how often the status file is rewritten
 NODE_CHECK_EVERY_S = 2.0  # how often the master looks for nodes that joined (runner.node_check_every_s)
 MIN_DEADLINE_S = 5.0  # a round's deadline is never shorter than this ...
 DEADLINE_FACTOR = 20.0  # ... nor than this many times a typical job's time
+PING_EVERY_S = 1.0  # how often a worker busy with a job is asked whether it still answers
 
 
 @dataclass
@@ -421,13 +422,26 @@ class ActorNetworkRunner:
         latest: dict[str, dict[str, Any]] = {}  # each worker's last result: the parameters to average
         samples: dict[str, int] = {}  # samples each worker trained this round: its weight in the mean
         pending = list(calls)
+        pings: dict[Any, str] = {}  # heartbeat calls in flight -> worker
+        seen = {worker_id: started for worker_id, _ in calls.values()}  # last sign of life of each
         while pending:
             remaining = deadline - (time.monotonic() - started)
             if remaining <= 0:
                 break
-            ready, pending = ray.wait(pending, num_returns=1, timeout=remaining)
+            ready, _ = ray.wait(pending + list(pings), num_returns=1, timeout=min(remaining, PING_EVERY_S))
             for ref in ready:
+                if ref in pings:  # a heartbeat: the worker answers while it trains
+                    worker_id = pings.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayError:
+                        continue  # a dead worker: its job's call reports that
+                    seen[worker_id] = time.monotonic()
+                    tracker.heartbeat(worker_id)
+                    continue
+                pending.remove(ref)
                 worker_id, job = calls[ref]
+                seen[worker_id] = time.monotonic()
                 try:
                     result = ray.get(ref)
                 except ray.exceptions.RayActorError as e:
@@ -453,6 +467,7 @@ class ActorNetworkRunner:
                     ref = self._pull_another(worker_id, pending, calls, call_started)
                     if ref is not None:
                         pending.append(ref)
+            pending = self._check_heartbeats(pending, calls, pings, seen)
         for ref in pending:  # past the deadline: the job moves on, the worker may stay
             worker_id, job = calls[ref]
             handle = self.workers.get(worker_id)
@@ -495,6 +510,29 @@ class ActorNetworkRunner:
             step += momentum * self._block_step
         self._block_step = step
         return (self.params + step).astype(np.float32) if momentum > 0 else mean
+
+    def _check_heartbeats(self, pending: list[Any], calls: dict[Any, tuple[str, Job]], pings: dict[Any, str],
+                          seen: dict[str, float]) -> list[Any]:
+        """Ping the workers busy with a job; drop one silent for ``heartbeat_timeout_s`` (a hung or
+        stopped process: Ray still sees it alive) and re-queue its job. Returns the calls still pending."""
+        assert self.conf is not None
+        now = time.monotonic()
+        busy = {calls[ref][0]: ref for ref in pending}
+        pinged = set(pings.values())
+        for worker_id, ref in busy.items():
+            handle = self.workers.get(worker_id)
+            if handle is None:
+                continue
+            if now - seen.get(worker_id, now) > self.conf.heartbeat_timeout_s:
+                for ping, owner in list(pings.items()):
+                    if owner == worker_id:
+                        del pings[ping]
+                silent = f"no heartbeat for {now - seen[worker_id]:.1f} s"
+                self._failure(Failure(worker_id, FailureKind.STALE, calls[ref][1], silent))
+                pending = [r for r in pending if r != ref]
+            elif worker_id not in pinged and now - seen.get(worker_id, now) >= PING_EVERY_S:
+                pings[handle.actor.ping.remote()] = worker_id
+        return pending
 
     def _pull_another(self, worker_id: str, pending: list[Any], calls: dict[Any, tuple[str, Job]],
                       call_started: dict[Any, float]) -> Any:

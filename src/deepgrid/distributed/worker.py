@@ -108,7 +108,8 @@ def remote_worker_class() -> Any:
     """``Worker`` as a Ray actor class (made on demand, so importing this module needs no Ray)."""
     import ray
 
-    return ray.remote(max_restarts=0, max_task_retries=0)(Worker)
+    # Two threads: a ``ping`` (the master's heartbeat) is answered while a job trains.
+    return ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(Worker)
 
 
 REATTACH_WAIT_S = 120.0  # how long `deepgrid worker` waits for a master that went away to come back
