@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from deepgrid.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
-    import numpy as np
-
     from deepgrid.models.base import Model
 
 log = logging.getLogger("deepgrid")
@@ -103,12 +104,22 @@ CHECKPOINT_PREFIX = "ckpt-"
 STAGING_PREFIX = ".staging-"
 
 
-def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint ``ckpt-<round>`` whole or not at all, then keep only the newest ``keep``."""
+RUN_STATE_FILE = "run_state.safetensors"  # the run's own arrays beside the model's (block momentum's step)
+
+
+def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: int,
+                    tensors: dict[str, np.ndarray] | None = None) -> Path:
+    """Write checkpoint ``ckpt-<round>`` whole or not at all, then keep only the newest ``keep``.
+
+    ``tensors``: arrays of the run's state (not the model's) to keep with it, in ``run_state.safetensors``.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{CHECKPOINT_PREFIX}{int(meta['round']):09d}"
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=STAGING_PREFIX))
     save_model_files(model, staging, meta)
+    if tensors:
+        save_numpy({name: np.ascontiguousarray(array) for name, array in tensors.items()},
+                   str(staging / RUN_STATE_FILE))
     if target.exists():  # the same round saved again (the final save): replace it
         _remove_tree(target)
     os.replace(staging, target)  # a directory rename is atomic: a crash leaves the old ones intact
@@ -141,6 +152,18 @@ def load_latest_checkpoint(directory: Path) -> tuple[Model, dict[str, Any]]:
     return model, meta
 
 
+def load_run_state(directory: Path) -> dict[str, np.ndarray]:
+    """The run-state arrays of the newest checkpoint in ``directory`` (empty when it saved none)."""
+    found = list_checkpoints(directory)
+    path = found[-1] / RUN_STATE_FILE if found else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        return dict(load_numpy(str(path)))
+    except (SafetensorError, OSError) as e:
+        raise ModelError(f"{path} is damaged ({e}); move {found[-1].name} aside to resume from the one before it.") from None
+
+
 def remove_stale_staging(directory: Path) -> int:
     """Delete staging directories a killed writer left half-written; returns how many.
 
@@ -170,7 +193,7 @@ class CheckpointWriter:
         self.keep = keep
         self._model = model
         self._cond = threading.Condition()
-        self._pending: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._pending: tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray] | None] | None = None
         self._busy = False
         self._error: BaseException | None = None
         self._closed = False
@@ -182,13 +205,13 @@ class CheckpointWriter:
         self._thread = threading.Thread(target=self._run, name="deepgrid-checkpoint-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, params: np.ndarray, meta: dict[str, Any]) -> None:
+    def submit(self, params: np.ndarray, meta: dict[str, Any], tensors: dict[str, np.ndarray] | None = None) -> None:
         """Queue a checkpoint (replacing one queued and not yet started); returns at once."""
         with self._cond:
             self._raise_error()
             if self._closed:
                 raise ModelError("The checkpoint writer is closed; no more checkpoints can be written.")
-            self._pending = (params, meta)
+            self._pending = (params, meta, tensors)
             self._cond.notify_all()
 
     def flush(self) -> Path | None:
@@ -217,12 +240,12 @@ class CheckpointWriter:
                 self._cond.wait_for(lambda: self._pending is not None or self._closed)
                 if self._pending is None:
                     return  # closed, nothing left to write
-                (params, meta), self._pending = self._pending, None
+                (params, meta, tensors), self._pending = self._pending, None
                 self._busy = True
             try:
                 started = time.perf_counter()
                 self._model.set_flat_params(params)
-                written = save_checkpoint(self.directory, self._model, meta, keep=self.keep)
+                written = save_checkpoint(self.directory, self._model, meta, keep=self.keep, tensors=tensors)
                 self.write_seconds.append(time.perf_counter() - started)
             except BaseException as e:  # handed to the training thread at its next submit or flush
                 with self._cond:

@@ -113,6 +113,15 @@ def test_checkpoint_and_resume_after_a_crash(tmp_path) -> None:
         run(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), on_round=crash)
     saved = sorted(p.name for p in ckpt.iterdir())
     assert saved, "a failing run keeps its last checkpoint"
+    from deepgrid.checkpoint import load_run_state
+
+    step = load_run_state(ckpt)["block_step"]  # block momentum's last step goes on after the resume
+    resumed = ActorNetworkRunner("master", TRAIN)
+    try:
+        resumed.setup(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
+        np.testing.assert_array_equal(resumed._block_step, step)
+    finally:
+        resumed.shutdown()
     runner, model = run(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
     full_run_samples = 2 * TRAIN.n_batches(16) * 16
     assert 0 < runner.samples_trained < full_run_samples  # it continued, it did not restart

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from deepgrid.checkpoint import CheckpointWriter, load_latest_checkpoint
+from deepgrid.checkpoint import CheckpointWriter, load_latest_checkpoint, load_run_state
 from deepgrid.config.conf import Conf
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.distributed import engine
@@ -94,7 +94,7 @@ class ActorNetworkRunner:
         self._done_jobs: set[int] = set()
         # The state at the end of the last whole round: parameters (a copy) and checkpoint metadata.
         # A failure mid-round checkpoints this, never a half-averaged round.
-        self._committed: tuple[np.ndarray, dict[str, Any]] | None = None
+        self._committed: tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]] | None = None
         self._conf_dict: dict[str, Any] = {}
         self._writer: CheckpointWriter | None = None
         self.resumed_from_round: int | None = None  # the checkpoint's round when setup(resume=...)
@@ -133,6 +133,7 @@ class ActorNetworkRunner:
         self.model = factory()
         if resume is not None:
             restored, self._resume = load_latest_checkpoint(Path(resume))
+            self._block_step = load_run_state(Path(resume)).get("block_step")  # momentum goes on as it was
             self.model.set_flat_params(restored.get_flat_params())
             # Carry on the round counter: checkpoint names sort by round, so a resumed run that
             # counted from 0 again would write checkpoints older than the one it started from.
@@ -351,7 +352,8 @@ class ActorNetworkRunner:
         n_batches = self.train_data.n_batches(conf.batch_size)
         first_epoch = 0
         done_jobs: set[int] = set()
-        if self._resume and phase_index == int(self._resume.get("phase_index", 0)):
+        resuming_here = bool(self._resume) and phase_index == int(self._resume.get("phase_index", 0))
+        if resuming_here:
             first_epoch = int(self._resume.get("epoch", 0))
             done_jobs = set(self._resume.get("done_jobs", []))
             # Early stopping carries on where it was: best validation loss and checks without gain.
@@ -366,7 +368,7 @@ class ActorNetworkRunner:
                           for i, chunk in enumerate(jobs(order, conf.averaging_frequency)) if i not in done_jobs]
             self._phase_index, self._done_jobs = phase_index, set(done_jobs)
             self._phase_name, self._epoch = phase.name, epoch
-            if epoch == first_epoch:
+            if epoch == first_epoch and not resuming_here:
                 self._block_step = None  # a new phase trains other parameters: no momentum carried over
             tracker.clear_jobs()
             tracker.enqueue_jobs(epoch_jobs)
@@ -623,7 +625,7 @@ class ActorNetworkRunner:
             # JSON has no infinity: an early stopper with no validation yet saves null.
             "best_loss": None if self._stopper is None or math.isinf(self._stopper.best) else self._stopper.best,
             "bad_checks": 0 if self._stopper is None else self._stopper.bad_checks,
-        })
+        }, {} if self._block_step is None else {"block_step": self._block_step.copy()})
 
     def _settle_checkpoint(self) -> None:
         """Wait for the checkpoint of the previous round, which was written while this round trained.
@@ -652,8 +654,8 @@ class ActorNetworkRunner:
         """
         if self._writer is None or self._committed is None:
             return None
-        params, meta = self._committed
-        self._writer.submit(params, meta if status is None else {**meta, "status": status})
+        params, meta, tensors = self._committed
+        self._writer.submit(params, meta if status is None else {**meta, "status": status}, tensors)
         return self._writer.flush() if wait else None
 
     def _tracker_down(self) -> bool:
