@@ -501,8 +501,8 @@ class ActorNetworkRunner:
         Averaging the workers' parameters shrinks each round's step (their directions differ);
         adding ``block_momentum`` times the previous round's step back makes up for it. The
         default, 1 - 1/N for N workers in the round, is the paper's; with one worker it is 0,
-        so one worker still computes exactly what the reference loop computes. The step is not
-        checkpointed: a resumed run starts it from zero.
+        so one worker still computes exactly what the reference loop computes. The last step is
+        checkpointed with the parameters, so a resumed run goes on with it.
         """
         assert self.conf is not None and self.params is not None
         momentum = self.conf.block_momentum
