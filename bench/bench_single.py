@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from deepgrid import Conf, NeuralNetConfiguration
 from deepgrid.data.dataset import ArrayDataset
-from deepgrid.data.mnist import load_mnist, load_splits
+from deepgrid.data.mnist import load_mnist, load_splits, training_split
 from deepgrid.models.mlp import MLP
 from deepgrid.models.registry import get
 from deepgrid.train.loop import fit, phase_seed
@@ -180,9 +180,7 @@ def accuracy_run(path: str, data_dir: str | None, quick: bool) -> dict[str, Any]
     min_accuracy, max_seconds = ACCURACY_TARGETS[path]
     start = time.perf_counter()
     train, test = load_splits(conf)
-    validation = None
-    if conf.validation_fraction > 0:
-        train, validation = train.split(conf.validation_fraction, seed=conf.network.seed)
+    train, validation = training_split(train, conf)
     model = get(conf.model)(conf.network)
     result = fit(model, train, epochs=conf.epochs, batch_size=conf.batch_size, job_size=conf.averaging_frequency,
                  validation=validation, patience=conf.patience, min_improvement=conf.min_improvement)

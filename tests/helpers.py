@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import torch
+
 
 def assert_user_error(code: int, stderr: str, *fragments: str) -> str:
     """Exit status 2 and exactly one "deepgrid: error:" line, the last on stderr, no traceback;
@@ -14,3 +19,31 @@ def assert_user_error(code: int, stderr: str, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
     return errors[0]
+
+
+# -- small data for the layer-wise models (RBM, DBN, SdA) -----------------------------------------
+PROTOTYPE_FEATURES, PROTOTYPE_CLASSES = 24, 4
+
+
+def prototypes_data(n: int = 512, seed: int = 0, binary: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy copies of PROTOTYPE_CLASSES random binary prototypes: structure an RBM can learn quickly."""
+    g = torch.Generator().manual_seed(seed)
+    protos = (torch.rand(PROTOTYPE_CLASSES, PROTOTYPE_FEATURES, generator=g) < 0.5).float()
+    y = torch.randint(0, PROTOTYPE_CLASSES, (n,), generator=g)
+    if not binary:  # real-valued, about zero mean and unit variance: for gaussian visible units
+        return 2 * protos[y] - 1 + 0.3 * torch.randn(n, PROTOTYPE_FEATURES, generator=g), y
+    flips = (torch.rand(n, PROTOTYPE_FEATURES, generator=g) < 0.05).float()
+    return (protos[y] - flips).abs(), y  # (n, PROTOTYPE_FEATURES) in {0, 1}
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(zip(x.split(size), y.split(size), strict=True))
+
+
+# -- the registry tests' environment -------------------------------------------------------------
+def isolate_registry_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DEEPGRID_HOME of the test's own and no registry or ZooKeeper settings from the environment."""
+    monkeypatch.setenv("DEEPGRID_HOME", str(tmp_path / "home"))
+    for name in ("DEEPGRID_REGISTRY", "DEEPGRID_ZK_AUTH", "DEEPGRID_ZK_AUTH_FILE", "DEEPGRID_ZK_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)

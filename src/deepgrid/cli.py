@@ -195,6 +195,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                 f"{len(runner.train_data):,} examples with {len(runner.workers)} workers")
             model = runner.train()
             workers, samples_per_s, elapsed = len(runner.workers), runner.samples_per_s, runner.train_seconds
+    return report(model, conf, test_data, output, workers, samples_per_s, elapsed)
+
+
+def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, samples_per_s: float,
+           elapsed: float) -> dict[str, Any]:
+    """After training: evaluate on the held-out test set, save the model, print and return the results."""
     evaluation = model.evaluate(test_data.x, test_data.y, labels=class_labels(conf.dataset, conf.network.n_out))
     model.save(output, extra={"conf": conf.to_dict(), "test_accuracy": evaluation.accuracy})
     print(evaluation.stats())
@@ -212,17 +218,11 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_single_process(conf: Any, train_data: Any) -> tuple[Any, Any]:
     """The reference loop in this process (``--single-process``)."""
+    from deepgrid.data.mnist import training_split
     from deepgrid.models.registry import get
     from deepgrid.train.loop import fit
 
-    validation = None
-    if conf.validation_fraction > 0:
-        train_data, validation = train_data.split(conf.validation_fraction, seed=conf.network.seed)
-    if train_data.n_in != conf.network.n_in:
-        from deepgrid.errors import DataError
-
-        raise DataError(f"The data have {train_data.n_in} features per example but network.n_in is "
-                        f"{conf.network.n_in}; set network.n_in to {train_data.n_in}.")
+    train_data, validation = training_split(train_data, conf)
     model = get(conf.model)(conf.network)
     log(f"deepgrid: training {conf.model} ({model.n_params:,} parameters) on {len(train_data):,} examples, one process")
     result = fit(model, train_data, epochs=conf.epochs, batch_size=conf.batch_size,
@@ -272,13 +272,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         engine.shutdown()  # leave the cluster before its head goes, or the driver waits for it
         head.stop()
-    evaluation = model.evaluate(test_data.x, test_data.y, labels=class_labels(conf.dataset, conf.network.n_out))
-    model.save(output, extra={"conf": conf.to_dict(), "test_accuracy": evaluation.accuracy})
-    print(evaluation.stats())
-    print(f"test accuracy: {evaluation.accuracy:.4f}   ({samples_per_s:,.0f} samples/s with {workers} worker(s))   "
-          f"model saved to {output}")
-    return {"model": conf.model, "workers": workers, "test_accuracy": round(evaluation.accuracy, 4),
-            "samples_per_s": round(samples_per_s, 1), "elapsed_s": round(elapsed, 2), "output": str(output)}
+    return report(model, conf, test_data, output, workers, samples_per_s, elapsed)
 
 
 def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:

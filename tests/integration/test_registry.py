@@ -21,6 +21,7 @@ from deepgrid.errors import ClusterError, ConfigError
 from deepgrid.registry import ConfigRegistry, find_master, registry_from_url
 from deepgrid.registry.zookeeper import ZooKeeperConfigRegistry
 from tests.helpers import assert_user_error as user_error
+from tests.helpers import isolate_registry_env
 from tests.zookeeper_server import ZooKeeperServer, free_port, zookeeper_available
 
 pytest.importorskip("kazoo", reason="the ZooKeeper registry needs kazoo (pip install 'deepgrid[cluster]')")
@@ -45,10 +46,7 @@ def zk():
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEEPGRID_HOME", str(tmp_path / "home"))
-    for name in ("DEEPGRID_REGISTRY", "DEEPGRID_ZK_AUTH", "DEEPGRID_ZK_AUTH_FILE", "DEEPGRID_ZK_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
+    isolate_registry_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture

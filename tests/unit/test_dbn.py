@@ -11,21 +11,9 @@ from deepgrid.models.base import Model
 from deepgrid.models.dbn import DBN
 from deepgrid.models.rbm import RBMLayer
 from deepgrid.train.loop import fit
-
-N_IN, N_CLASSES = 24, 4
-
-
-def prototypes_data(n: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy copies of N_CLASSES random binary prototypes."""
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(N_CLASSES, N_IN, generator=g) < 0.5).float()
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    flips = (torch.rand(n, N_IN, generator=g) < 0.05).float()
-    return (protos[y] - flips).abs(), y
-
-
-def batches(x: torch.Tensor, y: torch.Tensor, size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(zip(x.split(size), y.split(size), strict=True))
+from tests.helpers import PROTOTYPE_CLASSES as N_CLASSES
+from tests.helpers import PROTOTYPE_FEATURES as N_IN
+from tests.helpers import batches, prototypes_data
 
 
 def small_dbn(**fields) -> DBN:

@@ -10,23 +10,9 @@ from deepgrid.data.dataset import ArrayDataset
 from deepgrid.models.base import Model
 from deepgrid.models.rbm import RBM, RBMLayer
 from deepgrid.train.loop import fit
-
-N_VISIBLE, N_CLASSES = 24, 4
-
-
-def prototypes_data(n: int = 512, seed: int = 0, binary: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noisy copies of N_CLASSES random binary prototypes: structure an RBM can learn quickly."""
-    g = torch.Generator().manual_seed(seed)
-    protos = (torch.rand(N_CLASSES, N_VISIBLE, generator=g) < 0.5).float()
-    y = torch.randint(0, N_CLASSES, (n,), generator=g)
-    if not binary:  # real-valued, about zero mean and unit variance: for gaussian visible units
-        return 2 * protos[y] - 1 + 0.3 * torch.randn(n, N_VISIBLE, generator=g), y
-    flips = (torch.rand(n, N_VISIBLE, generator=g) < 0.05).float()
-    return (protos[y] - flips).abs(), y  # (n, N_VISIBLE) in {0, 1}
-
-
-def batches(x: torch.Tensor, y: torch.Tensor, size: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return list(zip(x.split(size), y.split(size), strict=True))
+from tests.helpers import PROTOTYPE_CLASSES as N_CLASSES
+from tests.helpers import PROTOTYPE_FEATURES as N_VISIBLE
+from tests.helpers import batches, prototypes_data
 
 
 def small_rbm(**fields) -> RBM:

@@ -21,6 +21,7 @@ from deepgrid.registry import ConfigRegistry, find_master, registry_from_url, re
 from deepgrid.registry.files import FileConfigRegistry
 from deepgrid.registry.zookeeper import parse_zk_url, zk_credentials
 from tests.helpers import assert_user_error as user_error
+from tests.helpers import isolate_registry_env
 
 CONF_YAML = """\
 model: mlp
@@ -34,11 +35,7 @@ network:
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    """A DEEPGRID_HOME of the test's own and no registry or ZooKeeper settings from the environment."""
-    monkeypatch.setenv("DEEPGRID_HOME", str(tmp_path / "home"))
-    for name in ("DEEPGRID_REGISTRY", "DEEPGRID_ZK_AUTH", "DEEPGRID_ZK_AUTH_FILE", "DEEPGRID_ZK_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
+    isolate_registry_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture

@@ -215,6 +215,20 @@ def load_splits(conf: Conf) -> tuple[ArrayDataset, ArrayDataset]:
     return train, test
 
 
+def training_split(data: ArrayDataset, conf: Conf) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """(examples to train on, validation split or None) as the Conf asks.
+
+    Every path (the reference loop, the master, a worker reading the files itself) splits
+    alike, so no path trains on another's validation data.
+    """
+    if data.n_in != conf.network.n_in:
+        raise DataError(f"The data have {data.n_in} features per example but network.n_in is "
+                        f"{conf.network.n_in}; set network.n_in to {data.n_in}.")
+    if conf.validation_fraction > 0:
+        return data.split(conf.validation_fraction, seed=conf.network.seed)
+    return data, None
+
+
 def download_mnist(name: str, target_dir: str | os.PathLike[str], *, timeout_s: float = 60.0) -> Path:
     """Fetch the four gzipped IDX files of ``name`` over HTTPS into ``target_dir``; return it.
 

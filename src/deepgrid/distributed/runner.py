@@ -23,6 +23,7 @@ import math
 import statistics
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import numpy as np
 from deepgrid.checkpoint import CheckpointWriter, load_latest_checkpoint, load_run_state
 from deepgrid.config.conf import Conf
 from deepgrid.data.dataset import ArrayDataset
+from deepgrid.data.mnist import training_split
 from deepgrid.distributed import engine
 from deepgrid.distributed.policy import Failure, FailureKind, FailurePolicy
 from deepgrid.distributed.worker import build_named_model, remote_worker_class
@@ -78,7 +80,7 @@ class ActorNetworkRunner:
         self.params: np.ndarray | None = None
         self.round = 0
         self.stopped_reason: str | None = None
-        self._job_seconds: list[float] = []
+        self._job_seconds: deque[float] = deque(maxlen=50)  # recent jobs' seconds, for the round deadline
         self._batch_seconds: dict[str, float] = {}  # each worker's seconds per mini-batch, last job
         self._block_step: np.ndarray | None = None  # the last round's step, for block momentum
         self._stopper: EarlyStopping | None = None  # the phase's early stopping, saved in checkpoints
@@ -164,9 +166,9 @@ class ActorNetworkRunner:
             run_fields["started_at"] = time.time()
         self.tracker.update_run(**run_fields)
         self._conf_dict = conf.to_dict()
-        self._commit()
         if conf.checkpoint_dir is not None:
             self._writer = CheckpointWriter(Path(conf.checkpoint_dir), factory(), conf.keep_checkpoints)
+        self._commit()
         self.policy = FailurePolicy(min_workers=1)
         self._worker_class = remote_worker_class()
         self._factory = factory
@@ -217,18 +219,13 @@ class ActorNetworkRunner:
 
     def _training_data(self, conf: Conf) -> tuple[ArrayDataset, ArrayDataset | None]:
         data = as_dataset(self.iterator, conf) if self.iterator is not None else _load_conf_data(conf)
-        if data.n_in != conf.network.n_in:
-            raise DataError(f"The data have {data.n_in} features per example but network.n_in is "
-                            f"{conf.network.n_in}; set network.n_in to {data.n_in}.")
+        train, validation = training_split(data, conf)
         share = len(data) // conf.effective_workers  # each worker's shard of an epoch
         if conf.batch_size > share:
             raise DataError(f"Batch size {conf.batch_size} is larger than a worker's shard ({share} of "
                             f"{len(data)} examples over {conf.effective_workers} workers); use a batch size "
                             f"of at most {max(share, 1)}, fewer workers, or more data.")
-        if conf.validation_fraction > 0:
-            rest, held_out = data.split(conf.validation_fraction, seed=conf.network.seed)
-            return rest, held_out
-        return data, None
+        return train, validation
 
     def _start_workers(self, count: int, node_id: str | None = None) -> list[str]:
         import ray
@@ -565,8 +562,7 @@ class ActorNetworkRunner:
     def _deadline(self) -> float:
         """Seconds a round may take: long enough for a slow job, short enough to notice a hung worker."""
         assert self.conf is not None
-        recent = self._job_seconds[-50:]
-        typical = statistics.median(recent) if recent else self.conf.round_deadline_s / DEADLINE_FACTOR
+        typical = statistics.median(self._job_seconds) if self._job_seconds else self.conf.round_deadline_s / DEADLINE_FACTOR
         return min(self.conf.round_deadline_s, max(MIN_DEADLINE_S, DEADLINE_FACTOR * typical))
 
     def _failure(self, failure: Failure) -> None:
@@ -616,7 +612,7 @@ class ActorNetworkRunner:
         The parameters are copied (about 0.1 ms for 2 MB) because the next round replaces them
         while the writer thread may still be saving these.
         """
-        if self.params is None:
+        if self.params is None or self._writer is None:  # no checkpoints: nothing to copy each round
             return
         self._committed = (np.array(self.params, dtype=np.float32, copy=True), {
             "conf": self._conf_dict, "phase": self._phase_name, "phase_index": self._phase_index,

@@ -37,13 +37,11 @@ def build_named_model(name: str, network: dict[str, Any]) -> Model:
 def load_worker_data(conf: dict[str, Any]) -> ArrayDataset:
     """The "files" data feed: a worker reads the training files from its own disk."""
     from deepgrid.config.conf import Conf
-    from deepgrid.data.mnist import load_splits
+    from deepgrid.data.mnist import load_splits, training_split
 
     run = Conf.from_dict(conf)
     train, _ = load_splits(run)
-    if run.validation_fraction > 0:  # the same split the master makes: never train on validation data
-        train, _ = train.split(run.validation_fraction, seed=run.network.seed)
-    return train
+    return training_split(train, run)[0]  # the master's split: never train on validation data
 
 
 class Worker:

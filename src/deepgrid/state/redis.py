@@ -261,23 +261,19 @@ redis.call('DEL', KEYS[2])
 redis.call('SREM', KEYS[4], ARGV[2])
 """ + _ONCE_TAIL
 
-# KEYS: workers; ARGV: worker key prefix. Every worker as {id, {field, value, ...}}, in one read.
-_ALL_WORKERS = """
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local h = redis.call('HGETALL', ARGV[1] .. id)
-  if #h > 0 then out[#out + 1] = {id, h} end
-end
-return out
-"""
-
-# KEYS: workers, queue, run, metrics; ARGV: worker key prefix, metrics to keep. One consistent read.
-_SNAPSHOT = """
+# KEYS[1]: workers; ARGV[1]: worker key prefix. Every worker as {id, {field, value, ...}}.
+_READ_WORKERS = """
 local workers = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local h = redis.call('HGETALL', ARGV[1] .. id)
   if #h > 0 then workers[#workers + 1] = {id, h} end
 end
+"""
+# KEYS: workers; ARGV: worker key prefix. In one read.
+_ALL_WORKERS = _READ_WORKERS + "return workers\n"
+
+# KEYS: workers, queue, run, metrics; ARGV: worker key prefix, metrics to keep. One consistent read.
+_SNAPSHOT = _READ_WORKERS + """
 local n = tonumber(ARGV[2])
 local metrics = {}
 if n > 0 then metrics = redis.call('LRANGE', KEYS[4], -n, -1) end
