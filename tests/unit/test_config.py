@@ -134,6 +134,58 @@ def test_describe_masks_passwords():
     assert "secret" in conf.to_yaml()  # only the printed form is masked
 
 
+@pytest.mark.parametrize("password", ["p@ss", "a@b@c", "sl/ash@at", "plain"])
+def test_passwords_with_at_signs_are_masked_whole(password):
+    """Issue 8, defect 6: the masking stopped at a password's first '@' and printed the rest."""
+    from deepgrid.config.conf import mask_secrets
+
+    url = f"redis://user:{password}@redis.lan:6379/0"
+    conf = Conf(state_url=url)
+    for text in (conf.describe(), json.dumps(conf.to_dict(mask_secrets=True)), json.dumps(conf.public_dict()),
+                 mask_secrets(f"state_url: {url}\njob_name: x")):
+        assert "redis://user:***@redis.lan:6379/0" in text, text
+        assert password not in text and f"{password.rpartition('@')[2]}@redis.lan" not in text, text
+    assert conf.to_dict()["state_url"] == url  # the Conf itself keeps the real one
+
+
+# -- job names and network sizes (issue 8, defect 8) -----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "..", ".hidden", "a\\b", "two words", "tab\tname", "a:b",
+                                  "star*", "", "x" * 101, "nul\x00"])
+def test_a_job_name_that_could_leave_its_folder_or_break_keys_is_refused(name):
+    """Defect 8: job_name '../x' reached the file system (runs/../x) before anything refused it."""
+    with pytest.raises(ConfigError) as error:
+        Conf(job_name=name)
+    assert_one_line(error, "`job_name`")
+    with pytest.raises(ConfigError):
+        Conf().replace(job_name=name)
+
+
+@pytest.mark.parametrize("name", ["fmnist-dbn", "run_2.v1", "jöb-ünicode", "x" * 100])
+def test_good_job_names(name):
+    assert Conf(job_name=name).job_name == name
+
+
+@pytest.mark.parametrize("sizes", [
+    {"hidden_layer_sizes": (10**9,)},
+    {"n_in": 10**12},
+    {"hidden_layer_sizes": (50_000, 50_000)},
+    {"conv_channels": (10**6, 10**6)},
+    {"input_shape": (1, 10**6, 10**6)},
+])
+def test_absurd_layer_sizes_are_refused_before_anything_is_allocated(sizes):
+    """Defect 8: a network of absurd size failed deep inside torch (or exhausted memory) instead of
+    being refused at once."""
+    with pytest.raises(ConfigError) as error:
+        NeuralNetConfiguration(**sizes)
+    assert_one_line(error, "parameters", "smaller layer sizes")
+
+
+def test_large_but_sane_networks_pass():
+    assert NeuralNetConfiguration(n_in=784, hidden_layer_sizes=(4096, 4096, 4096)).estimated_parameters() < 2**31
+
+
 # -- bad values: one line naming the field and the value ------------------------------------------
 
 BAD_NETWORK = [

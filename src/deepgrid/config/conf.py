@@ -60,8 +60,16 @@ RULES: dict[str, Rule] = {
     "round_deadline_s": Rule("float", low=1),
 }
 
-# URLs may carry a password (redis://:secret@host); never print it.
-_SECRET_IN_URL = re.compile(r"(://[^:/@]*:)([^@]+)(@)")
+# URLs may carry a password (redis://:secret@host); never print it. The password runs to the last
+# '@' of the URL (a password may hold '@' or '/'), so the match is greedy up to whitespace.
+_SECRET_IN_URL = re.compile(r"(://[^:/@\s]*:)(\S+)(@)")
+# The fields that hold URLs, which may carry a password: masked wherever a Conf is shown or stored.
+URL_FIELDS = ("state_url", "registry_url", "engine_address")
+# A job name becomes a directory name (runs/<job_name>), a registry entry, a ZooKeeper node and part
+# of every Redis key (and of SCAN patterns): no path separators, no leading dot, no whitespace or
+# control characters, none of Redis's key separator and glob characters.
+_BAD_JOB_NAME_CHARS = re.compile(r"[/\\:*?\[\]{}\s\x00-\x1f\x7f]")
+MAX_JOB_NAME = 100
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,7 @@ class Conf:
         from deepgrid.models.registry import check_model_name
 
         object.__setattr__(self, "model", check_model_name(self.model))
+        check_job_name(self.job_name)
 
     @property
     def finetune_epochs(self) -> int:
@@ -135,10 +144,23 @@ class Conf:
         return dataclasses.replace(self, **changes)
 
     # -- serialisation -------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, mask_secrets: bool = False) -> dict[str, Any]:
+        """Every field, the network as a dict. ``mask_secrets``: URLs' passwords as ``***``, the form
+        to print or to store (model.json, registry entries); a masked state_url's password is read
+        from the environment again (see deepgrid.state.redis)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["network"] = self.network.to_dict()
+        if mask_secrets:
+            from deepgrid.state.base import mask_url  # deferred: the state package is not a config dependency
+
+            for name in URL_FIELDS:
+                if isinstance(out[name], str):
+                    out[name] = mask_url(out[name])
         return out
+
+    def public_dict(self) -> dict[str, Any]:
+        """``to_dict(mask_secrets=True)``: what may be printed or stored at rest."""
+        return self.to_dict(mask_secrets=True)
 
     @classmethod
     def from_dict(cls, data: Any) -> Conf:
@@ -165,11 +187,22 @@ class Conf:
 
     def describe(self) -> str:
         """The effective configuration as YAML, secrets masked: printed at start."""
-        return mask_secrets(self.to_yaml())
+        return mask_secrets(yaml.safe_dump(self.public_dict(), sort_keys=False))
 
 
 def mask_secrets(text: str) -> str:
+    """``text`` with every URL's password replaced by ``***`` (up to the URL's last '@')."""
     return _SECRET_IN_URL.sub(r"\1***\3", text)
+
+
+def check_job_name(name: Any) -> str:
+    """A job name safe as a directory, a registry entry, a ZooKeeper node and a Redis key prefix."""
+    if (not isinstance(name, str) or not name or len(name) > MAX_JOB_NAME or name.startswith(".")
+            or _BAD_JOB_NAME_CHARS.search(name)):
+        raise ConfigError(invalid(
+            "job_name", name, f"1 to {MAX_JOB_NAME} characters without '/', '\\', ':', whitespace, *?[]{{}} "
+            "or a leading dot (it names a directory and Redis keys)", "Name the run like 'fmnist-dbn'."))
+    return name
 
 
 def read_mapping(path: str | os.PathLike[str]) -> Any:

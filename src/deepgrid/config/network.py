@@ -34,6 +34,10 @@ ACTIVATIONS = ("sigmoid", "relu", "tanh", "leaky_relu")
 OPTIMIZERS = ("sgd", "adagrad", "adam")
 WEIGHT_INITS = ("xavier", "he", "normal", "zeros")
 LOSSES = ("cross_entropy", "mse")
+# The most parameters a network may have: 2**31 float32 values are 8 GiB, each copy (every worker
+# holds the parameters, its optimizer state and gradients; the master several more). A size beyond
+# it is a typing mistake, refused before anything is allocated instead of failing deep inside torch.
+MAX_PARAMETERS = 2**31
 
 RULES: dict[str, Rule] = {
     "n_in": POSITIVE_INT,
@@ -143,6 +147,30 @@ class NeuralNetConfiguration:
         if len(self.input_shape) != 3:
             raise ConfigError(invalid("input_shape", self.input_shape, "three sizes: channels, height, width"))
         object.__setattr__(self, "layers", MappingProxyType(self._check_layers(self.layers)))
+        self._check_size()
+
+    def estimated_parameters(self) -> int:
+        """About how many parameters the network has: its dense layers (n_in, the hidden sizes, n_out)
+        or, for a CNN, its convolutions and the dense layers after them, whichever is more."""
+        def dense(sizes: tuple[int, ...]) -> int:
+            return sum((a + 1) * b for a, b in zip(sizes, sizes[1:], strict=False))
+
+        channels, height, width = self.input_shape
+        conv = 0
+        for out_channels in self.conv_channels:
+            conv += (channels * self.kernel_size**2 + 1) * out_channels
+            channels, height, width = out_channels, height // 2, width // 2
+        cnn = conv + dense((channels * height * width, *self.hidden_layer_sizes, self.n_out))
+        return max(dense((self.n_in, *self.hidden_layer_sizes, self.n_out)), cnn)
+
+    def _check_size(self) -> None:
+        n = self.estimated_parameters()  # Python integers: no overflow, however absurd the sizes
+        if n > MAX_PARAMETERS:
+            raise ConfigError(
+                f"The network would have about {n:.3g} parameters (n_in={self.n_in}, hidden_layer_sizes="
+                f"{list(self.hidden_layer_sizes)}, n_out={self.n_out}, conv_channels={list(self.conv_channels)}, "
+                f"input_shape={list(self.input_shape)}), more than the {MAX_PARAMETERS:,} deepgrid accepts; "
+                "use smaller layer sizes.")
 
     def _check_layers(self, layers: Any) -> dict[int, dict[str, Any]]:
         if not hasattr(layers, "items"):
