@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -92,7 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
                              "default: $DEEPGRID_REGISTRY, then $DEEPGRID_HOME/registry)")
     worker.add_argument("-t", "--type", default="worker", help="only 'worker' (the master has its own command)")
     worker.add_argument("-a", "--algorithm", help="model kind this worker expects (refused if the master's differs)")
-    worker.add_argument("--workers", "-w", type=positive_int, help="worker actors to run (default: one per CPU core)")
+    worker.add_argument("--workers", "-w", type=positive_int,
+                        help="worker actors to run on this machine (default: one per CPU core)")
+    worker.add_argument("--bind", "--interface", metavar="ADDR",
+                        help="this machine's address the master reaches it at (default: the one that routes to the master)")
+    worker.add_argument("--token-file", metavar="FILE",
+                        help="the master's Ray token (its ~/.ray/auth_token); default: $RAY_AUTH_TOKEN, "
+                             "$RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token")
     worker.set_defaults(func=cmd_worker)
 
     add_conf_commands(sub)
@@ -238,6 +245,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     from deepgrid.distributed import engine
     from deepgrid.distributed.cluster import adopt_head, record_head, start_head
     from deepgrid.distributed.runner import ActorNetworkRunner
+    from deepgrid.distributed.token import ensure_token
     from deepgrid.state.status import deepgrid_home
 
     if args.workers < 0:
@@ -249,6 +257,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
     log("deepgrid: effective configuration\n" + conf.describe())
     train_data, test_data = load_splits(conf)
+    ensure_token(log)  # a new machine has none: the head would not start
     home = deepgrid_home()
     home.mkdir(parents=True, exist_ok=True)
     head_record = home / "runs" / conf.job_name / "head.json"
@@ -276,7 +285,8 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
-    from deepgrid.distributed.worker import join_master
+    from deepgrid.distributed.host import join_master
+    from deepgrid.distributed.token import use_token_file
 
     if args.type != "worker":
         raise ConfigError(f"-t/--type {args.type!r} is not a worker type; `deepgrid worker` runs workers "
@@ -290,9 +300,17 @@ def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:
                           "it in the configuration registry.")
     if args.registry and not args.job:
         raise ConfigError("--registry says where to look a job up; add --job NAME (and leave out -ad).")
+    if args.token_file:
+        use_token_file(args.token_file)
     if args.job:
         address = discover_master(args)
-    return join_master(address, args.algorithm, args.workers, say=log)
+    # SIGTERM (a service manager, `kill`) ends the worker as Ctrl-C does: its node leaves the cluster.
+    signal.signal(signal.SIGTERM, _interrupt)
+    return join_master(address, args.algorithm, args.workers, bind=args.bind, say=log)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def publish_master(args: argparse.Namespace, conf: Any, address: str) -> None:

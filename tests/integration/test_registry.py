@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-import deepgrid.distributed.worker as worker_module
+import deepgrid.distributed.host as host_module
 from deepgrid.cli import main, publish_master
 from deepgrid.config.conf import Conf
 from deepgrid.errors import ClusterError, ConfigError
@@ -190,8 +190,8 @@ def test_worker_discovery_from_zookeeper_alone(zk, root, monkeypatch, capsys):
     assert address == "127.0.0.1:6390"
     # Through the command: join_master receives that address (Ray itself is not started here).
     joined = []
-    monkeypatch.setattr(worker_module, "join_master",
-                        lambda address, algorithm, count, say: joined.append(address) or {"workers": count})
+    monkeypatch.setattr(host_module, "join_master",
+                        lambda address, algorithm, count, **kw: joined.append(address) or {"workers": count})
     capsys.readouterr()
     assert main(["worker", "--registry", zk.url(root), "--job", "fm", "-w", "1"]) == 0
     assert joined == ["127.0.0.1:6390"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import deepgrid.distributed.worker as worker_module
+import deepgrid.distributed.host as host_module
 from deepgrid.cli import main, publish_master
 from deepgrid.config.conf import Conf
 from deepgrid.errors import ClusterError, ConfigError
@@ -241,8 +241,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_cli_worker_finds_the_master_in_the_registry(tmp_path, monkeypatch, capsys):
     """`deepgrid worker --registry URL --job NAME` ends in join_master(<the registered address>), as -ad does."""
     joined = []
-    monkeypatch.setattr(worker_module, "join_master",
-                        lambda address, algorithm, count, say: joined.append((address, algorithm, count)) or {})
+    monkeypatch.setattr(host_module, "join_master",
+                        lambda address, algorithm, count, **kw: joined.append((address, algorithm, count)) or {})
     reg = str(tmp_path / "reg")
     with registry_from_url(reg) as registry:
         registry.register("fm", conf(engine_address="127.0.0.1:6391"))

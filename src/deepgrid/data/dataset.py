@@ -32,6 +32,16 @@ class ArrayDataset:
         if len(self.x) != len(self.y):
             raise DataError(f"{len(self.x)} examples but {len(self.y)} labels; they must be the same length.")
 
+    def digest(self) -> str:
+        """A checksum of the examples and labels (SHA-256), to tell whether two hosts hold the same data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for t in (self.x, self.y):
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(np.ascontiguousarray(t.detach().cpu().numpy()).data)
+        return h.hexdigest()
+
     @classmethod
     def from_any(cls, x: Any, y: Any = None, *, n_in: int | None = None, n_classes: int | None = None) -> ArrayDataset:
         """From NumPy arrays, tensors, or a torch ``Dataset`` of (x, y) pairs (y may be None)."""

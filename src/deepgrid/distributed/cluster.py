@@ -10,7 +10,6 @@ it exits, they die, and the master drops them without stopping.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
@@ -28,13 +27,6 @@ from deepgrid.errors import ClusterError
 
 MAILBOX_NAME = "deepgrid-master"
 HEAD_START_TIMEOUT_S = 60.0
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
 
 
 @dataclass
@@ -120,7 +112,7 @@ def start_head(bind: str, port: int, num_cpus: int, log_path: str) -> HeadProces
         if probe.connect_ex((bind, port)) == 0:
             raise ClusterError(f"Port {port} on {bind} is already in use; pick another with --port.")
     env = dict(os.environ)
-    if is_loopback(bind):
+    if engine.is_loopback(bind):
         env[engine.LOOPBACK_ENV] = "0"  # keep every Ray process on loopback
     command = [ray_executable(), "start", "--head", "--block", "--node-ip-address", bind, "--port", str(port),
                "--num-cpus", str(num_cpus), "--include-dashboard=false", "--disable-usage-stats"]
@@ -173,16 +165,19 @@ class Mailbox:
         return self._status
 
 
-def open_mailbox(description: dict[str, Any], wait_s: float = 30.0) -> Any:
-    """The master's named mailbox. On a head a killed master left, its mailbox's name is freed
-    once the engine has noticed that master's death: wait for that, up to ``wait_s``."""
+def open_mailbox(description: dict[str, Any], wait_s: float = 30.0, node_id: str | None = None) -> Any:
+    """The master's named mailbox (on the master's node, ``node_id``). On a head a killed master
+    left, its mailbox's name is freed once the engine has noticed that master's death: wait for
+    that, up to ``wait_s``."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    placement = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)} if node_id else {}
     deadline = time.monotonic() + wait_s
     while True:
         try:
             return ray.remote(num_cpus=0)(Mailbox).options(
-                name=MAILBOX_NAME, namespace=engine.NAMESPACE).remote(description)
+                name=MAILBOX_NAME, namespace=engine.NAMESPACE, **placement).remote(description)
         except ValueError:  # the name is still taken
             if time.monotonic() > deadline:
                 raise ClusterError(f"Another deepgrid master already runs on this engine (its {MAILBOX_NAME!r} "

@@ -6,6 +6,7 @@ A cluster: the master runs the Ray head, workers join it by address.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -33,29 +34,57 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     if ray.is_initialized():
         return
     keep_on_loopback()
+    from deepgrid.distributed.token import ensure_token
+
+    ensure_token(lambda message: logging.getLogger("deepgrid").debug(message))
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=NAMESPACE,
              include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
              configure_logging=True)
 
 
-def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S, log_to_driver: bool = True) -> None:
-    """Connect to a running Ray cluster at ``host[:port]``; fail clearly within ``timeout_s``."""
+def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S, log_to_driver: bool = True,
+         node_ip: str | None = None) -> None:
+    """Connect to a running Ray cluster at ``host[:port]``; fail clearly within ``timeout_s``.
+
+    ``node_ip``: this machine's node in that cluster, which the driver attaches to (default: the
+    head's address when it is one of this machine's, as for a master joining its own head).
+    """
     import ray
 
     if ray.is_initialized():
         return
     host, port = split_address(address)
     check_reachable(host, port, timeout_s)
-    from deepgrid.distributed.cluster import is_loopback
-
     if is_loopback(host):
         keep_on_loopback()
+    if node_ip is None and is_local_address(host):
+        node_ip = socket.gethostbyname(host)
+    from deepgrid.distributed.token import check_token
+
+    check_token(host, port)
     try:
         ray.init(address=f"{host}:{port}", namespace=NAMESPACE, logging_level=logging.WARNING,
-                 log_to_driver=log_to_driver)
+                 log_to_driver=log_to_driver, _node_ip_address=node_ip)
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(f"Could not join the deepgrid master's engine at {host}:{port}: {first}.") from None
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
+
+
+def is_local_address(host: str) -> bool:
+    """True when ``host`` names an address of this machine (one it can bind to)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((socket.gethostbyname(host), 0))
+        return True
+    except OSError:
+        return False
 
 
 def keep_on_loopback() -> None:

@@ -154,6 +154,9 @@ class ActorNetworkRunner:
         elif not ray.is_initialized():
             engine.start_local()
             self._started_engine = True
+        # The master's own workers (and its mailbox) run on its own machine's node, never on a
+        # node that a `deepgrid worker` machine brought to the cluster.
+        self._home_node = ray.get_runtime_context().get_node_id()
         # Resuming keeps the tracker's state: the ledger of the epoch under way, the metrics, the
         # round reached. A fresh run starts empty.
         self.tracker = tracker_from_url(conf.state_url, job_name=conf.job_name, fresh=resume is None)
@@ -175,20 +178,25 @@ class ActorNetworkRunner:
         if conf.data_feed == "files" and self.iterator is not None:
             raise ConfigError("data_feed: files makes each worker read the Conf's data set from its own disk, "
                               "but this master was given its own data; use data_feed: object_store.")
+        self._data_digest: str | None = None
         if conf.data_feed == "object_store":
-            # Put once; every worker on this machine maps the same shared memory.
+            # Put once; each node fetches it once and its workers map the same shared memory.
             self._data_args = (ray.put(self.train_data.x.numpy()), ray.put(self.train_data.y.numpy()))
         else:
             self._data_args = (conf.to_dict(), None)
+            # Each host reads its own files: the master refuses a host whose examples differ.
+            self._data_digest = self.train_data.digest()
         if accept_workers:
             from deepgrid.distributed.cluster import open_mailbox
 
             self.mailbox = open_mailbox({
                 "algorithm": conf.model, "job_name": conf.job_name, "factory": self._factory,
                 "data_args": list(self._data_args), "batch_size": conf.batch_size,
-                "threads": conf.threads_per_worker, "device": conf.device})
+                "threads": conf.threads_per_worker, "device": conf.device,
+                "data_digest": self._data_digest, "examples": len(self.train_data)}, node_id=self._home_node)
         count = conf.effective_workers if local_workers is None else local_workers
         if count:
+            check_room(count, conf.threads_per_worker, conf.device, self._home_node)
             self._start_workers(count)
         self._known_nodes = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
         self._write_status(force=True)
@@ -233,11 +241,10 @@ class ActorNetworkRunner:
 
         conf = self.conf
         assert conf is not None
-        options: dict[str, Any] = {"num_cpus": conf.threads_per_worker}
+        options: dict[str, Any] = {"num_cpus": conf.threads_per_worker, "scheduling_strategy":
+                                   NodeAffinitySchedulingStrategy(node_id or self._home_node, soft=False)}
         if conf.device == "cuda":
             options["num_gpus"] = 1
-        if node_id is not None:
-            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
         started = []
         for _ in range(count):
             worker_id = f"w{len(self.workers) + len(started) + 1}-{uuid.uuid4().hex[:4]}"
@@ -250,6 +257,8 @@ class ActorNetworkRunner:
         infos = ray.get([actor.info.remote() for _, actor in started], timeout=300)
         ids = []
         for (worker_id, actor), info in zip(started, infos, strict=True):
+            if not self._same_data(worker_id, actor, info):
+                continue
             self.workers[worker_id] = WorkerHandle(worker_id, actor, node_id)
             assert self.tracker is not None
             self.tracker.add_worker(worker_id, info)
@@ -257,12 +266,25 @@ class ActorNetworkRunner:
         self._say(f"started {len(ids)} worker(s): {', '.join(ids)}")
         return ids
 
+    def _same_data(self, worker_id: str, actor: Any, info: dict[str, Any]) -> bool:
+        """With ``data_feed: files`` every host reads its own copy: refuse (and stop) a worker whose
+        copy differs from the master's, naming its host, instead of averaging over other data."""
+        if self._data_digest is None or info.get("data_digest") == self._data_digest:
+            return True
+        self._say(f"deepgrid: refused worker {worker_id} on host {info.get('host', '?')} ({info.get('ip', '?')}): "
+                  f"its data files hold {info.get('examples')} examples with another checksum than the master's "
+                  f"{len(self.train_data)}; copy the master's data files to that host.")
+        _kill(actor)
+        return False
+
     def add_worker(self, worker_id: str, actor: Any, info: dict[str, Any]) -> None:
         """Take on a worker started elsewhere (``deepgrid worker``); it gets jobs from the next round."""
         assert self.tracker is not None
-        self.workers[worker_id] = WorkerHandle(worker_id, actor)
+        if not self._same_data(worker_id, actor, info):
+            return
+        self.workers[worker_id] = WorkerHandle(worker_id, actor, info.get("node_id"))
         self.tracker.add_worker(worker_id, info)
-        self._say(f"worker {worker_id} joined from {info.get('host', '?')}")
+        self._say(f"worker {worker_id} joined from {info.get('host', '?')} ({info.get('ip', '?')})")
 
     def accept_joined(self) -> int:
         """Take on the workers that registered through the mailbox since the last look."""
@@ -746,6 +768,23 @@ def as_dataset(iterator: Any, conf: Conf) -> ArrayDataset:
     if not xs:
         raise DataError("The master's iterator gave no data; pass an iterator of (x, y) batches.")
     return ArrayDataset(torch.cat(xs), torch.cat(ys))
+
+
+def check_room(count: int, threads: int, device: str, node_id: str) -> None:
+    """The master's own workers must fit on its node: Ray would otherwise wait for room forever."""
+    import ray
+
+    resources = next((n.get("Resources", {}) for n in ray.nodes() if n["NodeID"] == node_id), {})
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    if count * threads > cpus:
+        fit = max(int(cpus // threads), 0)
+        raise ConfigError(f"{count} workers with threads_per_worker {threads} need {count * threads} CPUs, but this "
+                          f"machine's engine node offers {cpus:g}; use workers: {fit} or fewer"
+                          + (", or fewer threads_per_worker" if threads > 1 else "")
+                          + " (other machines add theirs with `deepgrid worker`).")
+    if device == "cuda" and count > gpus:
+        raise ConfigError(f"{count} workers with device: cuda need one GPU each, but this machine's engine node "
+                          f"offers {gpus:g}; use workers: {int(gpus)} or fewer.")
 
 
 def check_device(device: str) -> None:

@@ -53,8 +53,11 @@ class Worker:
         self.worker_id = worker_id
         self.model = model_factory().to(device)
         self.batch_size = batch_size
+        self.data_digest: str | None = None
         if isinstance(data, dict):  # a Conf to read the files with
             self.data = load_worker_data(data)
+            # The master compares it with its own: every host must train on the same examples.
+            self.data_digest = self.data.digest()
         else:
             with warnings.catch_warnings():
                 # Arrays from the object store are zero-copy, read-only views of shared
@@ -73,8 +76,11 @@ class Worker:
         self._orders: dict[tuple[str, int], torch.Tensor] = {}
 
     def info(self) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "threads": torch.get_num_threads(),
-                "examples": len(self.data), "algorithm": self.model.name}
+        import ray
+
+        return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                "node_id": ray.get_runtime_context().get_node_id(), "threads": torch.get_num_threads(),
+                "examples": len(self.data), "algorithm": self.model.name, "data_digest": self.data_digest}
 
     def _order(self, phase: str, epoch: int) -> torch.Tensor:
         key = (phase, epoch)
@@ -108,98 +114,3 @@ def remote_worker_class() -> Any:
 
     # Two threads: a ``ping`` (the master's heartbeat) is answered while a job trains.
     return ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(Worker)
-
-
-REATTACH_WAIT_S = 120.0  # how long `deepgrid worker` waits for a master that went away to come back
-
-
-def join_master(address: str, algorithm: str | None, count: int | None,
-                say: Callable[[str], None] = print, reattach_s: float = REATTACH_WAIT_S) -> dict[str, Any]:
-    """``deepgrid worker -ad HOST``: join the master's engine, check the job, run workers until it ends.
-
-    If the master goes away (killed, crashed) while its engine's head stays up, wait up to
-    ``reattach_s`` for a master to come back on it (``deepgrid master --resume``), then serve
-    that one with fresh worker actors.
-    """
-    import ray
-
-    from deepgrid.distributed import engine
-    from deepgrid.distributed.cluster import find_mailbox
-    from deepgrid.errors import ClusterError
-    from deepgrid.models.registry import check_model_name
-
-    wanted = check_model_name(algorithm) if algorithm else None
-    engine.join(address, log_to_driver=False)  # the cluster's logs are the master's to show
-    try:
-        mailbox = find_mailbox(address)
-        while True:
-            outcome = _serve_master(mailbox, address, wanted, count, say)
-            if outcome is not None:
-                return outcome
-            say(f"deepgrid: the master at {address} went away; waiting up to {reattach_s:.0f} s for it to "
-                "come back (deepgrid master --resume)")
-            try:
-                mailbox = find_mailbox(address, wait_s=reattach_s)
-            except ClusterError:
-                raise ClusterError(f"The master at {address} went away and did not come back within "
-                                   f"{reattach_s:.0f} s; its last checkpoint is kept. Start this worker again "
-                                   "once the master is back.") from None
-            except Exception:  # the engine's head went too: nothing to come back to
-                raise ClusterError(f"The master at {address} went away, and its engine with it; its last "
-                                   "checkpoint is kept. Start this worker again once the master is back.") from None
-    finally:
-        ray.shutdown()
-
-
-def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | None,
-                  say: Callable[[str], None]) -> dict[str, Any] | None:
-    """Start worker actors for the master behind ``mailbox`` and keep them until its run ends.
-
-    Returns what was done, or None when the master went away mid-run (its actors are stopped).
-    """
-    import uuid
-
-    import ray
-
-    from deepgrid.errors import ClusterError
-
-    try:
-        job = ray.get(mailbox.describe.remote(), timeout=30)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        return None
-    if wanted and wanted != job["algorithm"]:
-        raise ClusterError(f"This worker was started for algorithm {wanted!r} but the master at {address} "
-                           f"trains {job['algorithm']!r} (job {job['job_name']!r}); start it with -a {job['algorithm']}.")
-    count = count or max(1, os.cpu_count() or 1)
-    actor_class = remote_worker_class()
-    options: dict[str, Any] = {"num_cpus": job["threads"]}
-    if job["device"] == "cuda":
-        options["num_gpus"] = 1
-    host = socket.gethostname()
-    actors = []
-    for _ in range(count):
-        worker_id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        actor = actor_class.options(**options).remote(worker_id, job["factory"], *job["data_args"],
-                                                      batch_size=job["batch_size"], threads=job["threads"],
-                                                      device=job["device"])
-        actors.append((worker_id, actor))
-    process = f"{host}-{os.getpid()}"
-    status = "training"
-    try:
-        infos = ray.get([actor.info.remote() for _, actor in actors], timeout=300)
-        for (worker_id, actor), info in zip(actors, infos, strict=True):
-            ray.get(mailbox.register.remote(worker_id, [actor], {**info, "process": process}), timeout=30)
-        say(f"deepgrid: worker(s) {', '.join(w for w, _ in actors)} joined job {job['job_name']!r} "
-            f"({job['algorithm']}) at {address}")
-        while True:  # the actors do the work; this process keeps them alive until the run ends
-            status = ray.get(mailbox.status.remote(), timeout=30)["status"]
-            if status in ("done", "failed", "stopped early"):
-                mailbox.acknowledge.remote(process)
-                break
-            time.sleep(0.5)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-        for _, actor in actors:  # they served the master that went away; a new one gets new actors
-            ray.kill(actor)
-        return None
-    say(f"deepgrid: the master's run ended ({status}); worker exiting")
-    return {"workers": count, "job": job["job_name"], "algorithm": job["algorithm"], "master_status": status}
