@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,22 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from deepgrid.checkpoint import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE, atomic_write, read_model_meta
-from deepgrid.errors import DeepgridError, ModelError
+from deepgrid.checkpoint import (
+    CONFIG_FILE,
+    FORMAT_VERSION,
+    WEIGHTS_FILE,
+    CheckpointWriter,
+    atomic_write,
+    check_resume_conf,
+    list_checkpoints,
+    load_latest_checkpoint,
+    load_run_state,
+    read_model_meta,
+    save_checkpoint,
+)
+from deepgrid.config.conf import Conf
+from deepgrid.config.network import NeuralNetConfiguration
+from deepgrid.errors import ConfigError, DeepgridError, ModelError
 from deepgrid.models.base import Model
 from deepgrid.models.mlp import MLP
 
@@ -187,3 +202,257 @@ def test_failed_save_keeps_the_previous_model(saved, monkeypatch):
         MLP(n_in=20, hidden_layer_sizes=(8,), seed=9).save(saved)
     np.testing.assert_array_equal(Model.load(saved).get_flat_params(), before)
     assert sorted(p.name for p in saved.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+
+
+# -- run checkpoints (issue 8: defects 2, 3, 5, 6 and 8) -------------------------------------------
+# Each test names the defect it covers; each fails on the code before its fix.
+
+
+def small_mlp(seed: int = 1) -> MLP:
+    return MLP(n_in=20, hidden_layer_sizes=(8,), seed=seed)
+
+
+def params_of(value: float) -> np.ndarray:
+    return np.full(small_mlp().n_params, value, dtype=np.float32)
+
+
+def run_meta(round_: int, **extra) -> dict:
+    return {"conf": Conf(model="mlp", network=small_mlp().conf).to_dict(), "phase": "finetune", "phase_index": 0,
+            "epoch": 0, "round": round_, "param_version": round_, "done_jobs": [], "status": "training", **extra}
+
+
+def write_rounds(directory: Path, rounds, keep: int = 2, **writer_options) -> CheckpointWriter:
+    """Checkpoints as the runner writes them (CheckpointWriter built as runner.setup builds it);
+    round r's parameters are all r, and so is its run state."""
+    writer = CheckpointWriter(directory, small_mlp(), keep, **writer_options)
+    try:
+        for r in rounds:
+            writer.submit(params_of(r), run_meta(r), {"block_step": np.full(3, r, dtype=np.float32)})
+            writer.flush()
+    finally:
+        writer.close()
+    return writer
+
+
+def test_a_fresh_run_neither_deletes_nor_is_deleted_by_an_earlier_runs_checkpoints(tmp_path):
+    """Defect 2: pruning by name order deleted the new run's own checkpoints, keeping the old run's."""
+    ckpt = tmp_path / "ckpt"
+    write_rounds(ckpt, range(1800, 1804))  # an earlier run's last rounds
+    earlier = sorted(p.name for p in ckpt.iterdir())
+    assert len(earlier) == 2
+    write_rounds(ckpt, range(1, 5))  # a fresh run into the same directory
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert set(earlier) <= set(names), "a fresh run deleted another run's checkpoints"
+    assert len(names) == 4, names  # each run keeps its own newest two
+    mine = [n for n in names if n not in earlier]
+    assert [int(n.split("-")[1]) for n in sorted(mine)] == [3, 4]
+
+
+def test_resume_loads_the_newest_run_whole(tmp_path):
+    """Defect 2: --resume loaded the earlier run's final checkpoint (highest round number) instead of
+    the newest run's, and run_state could come from another checkpoint than the model."""
+    ckpt = tmp_path / "ckpt"
+    write_rounds(ckpt, range(1800, 1804))
+    second = write_rounds(ckpt, range(1, 5))
+    model, meta = load_latest_checkpoint(ckpt)
+    assert meta["round"] == 4 and meta["run_id"] == second.run_id
+    np.testing.assert_array_equal(model.get_flat_params(), params_of(4))
+    np.testing.assert_array_equal(load_run_state(ckpt)["block_step"], np.full(3, 4, dtype=np.float32))
+    # A resumed run carries the run id on: its checkpoints and the ones it resumed from are one run.
+    third = write_rounds(ckpt, range(5, 7), run_id=meta["run_id"])
+    assert third.run_id == second.run_id
+    assert [p.name.split("-")[1] for p in list_checkpoints(ckpt, second.run_id)] == ["000000005", "000000006"]
+    assert load_latest_checkpoint(ckpt)[1]["round"] == 6
+
+
+def test_the_same_round_saved_again_never_leaves_no_checkpoint(tmp_path, monkeypatch):
+    """Defect 5: the same-round re-save removed the target before renaming its replacement in; a
+    crash in between (here: the rename fails) left no checkpoint at all with keep_checkpoints: 1."""
+    import deepgrid.checkpoint as checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    model = small_mlp()
+    model.set_flat_params(params_of(7))
+    save_checkpoint(ckpt, model, run_meta(7), keep=1)
+    real_replace = os.replace
+
+    def crash_on_checkpoint_rename(src, dst):
+        if Path(dst).name.startswith("ckpt-"):
+            raise OSError("killed before the rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", crash_on_checkpoint_rename)
+    with pytest.raises(OSError, match="killed"):
+        save_checkpoint(ckpt, model, run_meta(7, status="done"), keep=1)
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    restored, meta = load_latest_checkpoint(ckpt)
+    assert meta["round"] == 7
+    np.testing.assert_array_equal(restored.get_flat_params(), params_of(7))
+    # And when it succeeds, keep_checkpoints: 1 ends with exactly the new one, whole.
+    save_checkpoint(ckpt, model, run_meta(7, status="done"), keep=1)
+    found = list_checkpoints(ckpt)
+    assert len(found) == 1 and load_latest_checkpoint(ckpt)[1]["status"] == "done"
+    assert [p.name for p in ckpt.iterdir() if p.name.startswith(".")] == []  # no staging or trash left
+
+
+def test_keep_one_always_holds_one_complete_checkpoint(tmp_path):
+    """Defect 5 (keep_checkpoints: 1): after every write exactly one whole checkpoint is there."""
+    ckpt = tmp_path / "ckpt"
+    writer = CheckpointWriter(ckpt, small_mlp(), 1)
+    try:
+        for r in (1, 2, 3, 3):  # the last: the final save of round 3
+            writer.submit(params_of(r), run_meta(r, status="done" if r == 3 else "training"))
+            writer.flush()
+            assert len(list_checkpoints(ckpt)) == 1
+            assert load_latest_checkpoint(ckpt)[1]["round"] == r
+    finally:
+        writer.close()
+
+
+def test_a_checkpoint_is_fsynced_before_it_counts_and_before_older_ones_go(tmp_path, monkeypatch):
+    """Defect 5: files and directories are flushed to the disk (fsync) before a checkpoint counts as
+    written, and older checkpoints are removed only after that."""
+    import deepgrid.checkpoint as checkpoint
+
+    ckpt = tmp_path / "ckpt"
+    model = small_mlp()
+    save_checkpoint(ckpt, model, run_meta(1), keep=1, tensors={"block_step": np.zeros(3, dtype=np.float32)})
+    first = list_checkpoints(ckpt)[0]
+    synced: list[tuple[str, bool]] = []  # (path fsynced, was the older checkpoint still there)
+    real_fsync = os.fsync
+
+    def record(fd):
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), first.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", record)
+    target = save_checkpoint(ckpt, model, run_meta(2), keep=1, tensors={"block_step": np.zeros(3, dtype=np.float32)})
+    paths = [Path(p).name for p, _ in synced]
+    for name in (WEIGHTS_FILE, CONFIG_FILE, checkpoint.RUN_STATE_FILE):
+        assert any(p.startswith(f".{name}.") or p == name for p in paths), f"{name} was not fsynced: {paths}"
+    assert any(Path(p).name.startswith(checkpoint.STAGING_PREFIX) for p, _ in synced), "staging dir not fsynced"
+    directory_syncs = [still_there for p, still_there in synced if Path(p) == ckpt.resolve()]
+    assert directory_syncs, "the checkpoint directory was not fsynced after the rename"
+    assert directory_syncs[-1], "the older checkpoint was removed before the new one was on the disk"
+    assert not first.exists() and target.exists()
+
+
+# -- resuming under another Conf (defect 3) ---------------------------------------------------------
+
+
+def saved_conf(**changes) -> dict:
+    return json.loads(json.dumps(Conf(model="mlp", **changes).to_dict()))
+
+
+@pytest.mark.parametrize("field, saved, now", [
+    ("batch_size", 64, 32),
+    ("averaging_frequency", 100, 50),
+    ("train_limit", None, 1000),
+    ("validation_fraction", 0.1, 0.2),
+    ("dataset", "fashion-mnist", "mnist"),
+    ("binarize", False, True),
+])
+def test_resume_refuses_a_conf_that_cuts_the_data_or_jobs_differently(field, saved, now):
+    """Defect 3: resuming with another job cut or data silently skipped or repeated batches."""
+    with pytest.raises(ConfigError) as error:
+        check_resume_conf(saved_conf(**{field: saved}), Conf(model="mlp", **{field: now}))
+    assert_one_line(error, field, repr(saved), repr(now), "Set", "another checkpoint_dir")
+
+
+@pytest.mark.parametrize("network_change", [{"seed": 7}, {"hidden_layer_sizes": (64,)}, {"finetune_lr": 0.5}])
+def test_resume_refuses_another_network(network_change):
+    """Defect 3: the whole network, seed included, must be the checkpoint's."""
+    with pytest.raises(ConfigError) as error:
+        check_resume_conf(saved_conf(), Conf(model="mlp", network=NeuralNetConfiguration(**network_change)))
+    (field,) = network_change
+    assert_one_line(error, f"network.{field}", "Set")
+
+
+def test_resume_refuses_another_model_kind():
+    with pytest.raises(ConfigError) as error:
+        check_resume_conf(saved_conf(), Conf(model="dbn"))
+    assert_one_line(error, "model='mlp'", "model='dbn'")
+
+
+def test_resume_allows_what_does_not_define_data_jobs_or_network():
+    saved = saved_conf(state_url="redis://:***@host:6379/0")
+    check_resume_conf(saved, Conf(model="mlp", workers=7, state_url="redis://localhost:6379/0", checkpoint_every=5,
+                                  keep_checkpoints=9, epochs=30, round_deadline_s=60, heartbeat_timeout_s=3,
+                                  data_dir="/elsewhere", job_name="renamed", patience=4))
+
+
+def test_load_latest_checkpoint_checks_the_conf_before_loading(tmp_path):
+    """Defect 3, wired: load_latest_checkpoint(conf=...) refuses a mismatch, naming the field."""
+    ckpt = tmp_path / "ckpt"
+    write_rounds(ckpt, [1])
+    conf = Conf(model="mlp", network=small_mlp().conf)
+    load_latest_checkpoint(ckpt, conf=conf)
+    with pytest.raises(ConfigError) as error:
+        load_latest_checkpoint(ckpt, conf=conf.replace(averaging_frequency=50))
+    assert_one_line(error, "averaging_frequency=100", "averaging_frequency=50")
+
+
+def test_a_torch_module_run_resumes_through_the_model_factory(tmp_path):
+    """Defect 3: a TorchModel run failed to resume with "newest checkpoint is damaged" (the model was
+    rebuilt from the registry by name, and a user's module is not there)."""
+    from torch import nn
+
+    from deepgrid.models.module import TorchModel
+
+    network = NeuralNetConfiguration(n_in=20, n_out=10, hidden_layer_sizes=(8,))
+
+    def factory() -> TorchModel:
+        torch.manual_seed(0)
+        return TorchModel(nn.Sequential(nn.Linear(20, 8), nn.ReLU(), nn.Linear(8, 10)), conf=network)
+
+    ckpt = tmp_path / "ckpt"
+    trained = factory()
+    trained.set_flat_params(np.arange(trained.n_params, dtype=np.float32))
+    writer = CheckpointWriter(ckpt, factory(), 2)
+    writer.submit(trained.get_flat_params(), run_meta(3) | {"conf": Conf(model="mlp", network=network).to_dict()})
+    writer.close()
+    with pytest.raises(ModelError) as error:  # without the factory: what to pass, not "damaged"
+        load_latest_checkpoint(ckpt)
+    assert_one_line(error, "model_factory")
+    assert "damaged" not in str(error.value)
+    model, meta = load_latest_checkpoint(ckpt, model_factory=factory, conf=Conf(model="mlp", network=network))
+    assert isinstance(model, TorchModel) and meta["round"] == 3
+    np.testing.assert_array_equal(model.get_flat_params(), trained.get_flat_params())
+
+
+# -- secrets at rest (defect 6) -----------------------------------------------------------------------
+PASSWORD = "p@ss/w0rd@x"  # '@' and '/' in it: the masking must reach the URL's last '@'
+
+
+def test_checkpoints_and_saved_models_hold_no_password(tmp_path):
+    """Defect 6: the raw state_url password was written into every checkpoint's and the final model's model.json."""
+    conf = Conf(model="mlp", network=small_mlp().conf, state_url=f"redis://:{PASSWORD}@redis.lan:6379/0")
+    writer = CheckpointWriter(tmp_path / "ckpt", small_mlp(), 2)
+    writer.submit(params_of(1), run_meta(1) | {"conf": conf.to_dict()})  # the runner's meta: the raw dict
+    written = writer.flush()
+    writer.close()
+    small_mlp().save(tmp_path / "model", extra={"conf": conf.to_dict()})  # cli.report's extra
+    for path in (written / CONFIG_FILE, tmp_path / "model" / CONFIG_FILE):
+        text = path.read_text()
+        for piece in (PASSWORD, "p@ss", "w0rd"):
+            assert piece not in text, f"{piece!r} in {path}"
+        assert json.loads(text)["conf"]["state_url"] == "redis://:***@redis.lan:6379/0"
+
+
+# -- bad input (defect 8) -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key, value", [
+    ("round", "12"), ("round", -1), ("round", True), ("done_jobs", 5), ("done_jobs", ["a"]),
+    ("phase_index", [0]), ("epoch", 1.5), ("phase", 3), ("best_loss", "low"), ("bad_checks", None),
+    ("conf", []), ("run_id", "../x"), ("model", 5), ("network", "mlp"),
+])
+def test_a_checkpoint_model_json_with_wrong_types_is_one_line(tmp_path, key, value):
+    """Defect 8: wrong types in a checkpoint's model.json ended in a traceback in the runner's set-up."""
+    ckpt = tmp_path / "ckpt"
+    write_rounds(ckpt, [1])
+    (newest,) = list_checkpoints(ckpt)
+    rewrite_meta(newest, **{key: value})
+    with pytest.raises(ModelError) as error:
+        load_latest_checkpoint(ckpt)
+    assert_one_line(error, "damaged", f"`{key}`", newest.name)
