@@ -8,7 +8,9 @@ directory, a password, no snapshots. Skipped where redis-server is not installed
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import threading
 import time
@@ -104,6 +106,10 @@ def test_parse_redis_url_forms():
     ("redis://:pw@localhost:6379/zero", "database must be a number"),
     ("redis://:pw@localhost:6379/0?timeout=3", "unknown option 'timeout'"),
     ("redis://:pw@localhost:6379/0?retry_timeout_s=-1", "retry_timeout_s must be a positive number"),
+    # Issue 8, defect 8: inf passed, then overflowed into a traceback at the first write.
+    ("redis://:pw@localhost:6379/0?retry_timeout_s=inf", "retry_timeout_s must be a positive number"),
+    ("redis://:pw@localhost:6379/0?retry_timeout_s=1e308", "at most 86400"),
+    ("redis://:pw@localhost:6379/0?retry_timeout_s=nan", "retry_timeout_s must be a positive number"),
 ])
 def test_malformed_urls_are_one_clear_line_without_the_password(url, why):
     with pytest.raises(ConfigError, match="state_url") as e:
@@ -122,11 +128,61 @@ def test_password_from_environment_and_file(tmp_path):
     a = parse_redis_url("redis://h:1/0", env={PASSWORD_FILE_ENV: str(secret)})
     assert a.password == "from-file" and PASSWORD_FILE_ENV in a.password_source
     assert parse_redis_url("redis://h:1/0", env={**env, PASSWORD_FILE_ENV: str(secret)}).password == "from-env"
+    # A URL as deepgrid stores it (masked, in a checkpoint or the registry): the password comes from the env.
+    assert parse_redis_url("redis://:***@h:1/0", env=env).password == "from-env"
+    assert parse_redis_url("redis://:***@h:1/0", env={}).password is None
     with pytest.raises(ConfigError, match="cannot be read"):
         parse_redis_url("redis://h:1/0", env={PASSWORD_FILE_ENV: str(tmp_path / "missing")})
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         parse_redis_url("redis://h:1/0", env={PASSWORD_FILE_ENV: str(tmp_path / "empty")})
+
+
+def test_an_infinite_retry_timeout_is_refused_by_the_tracker_too(server, job_name):
+    """Issue 8, defect 8: retry_timeout_s=inf overflowed the one-time tokens' expiry (a traceback)."""
+    with pytest.raises(ConfigError) as e:
+        RedisStateTracker(server.url, job_name, retry_timeout_s=float("inf"))
+    assert "retry_timeout_s" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("url, warns", [
+    ("redis://10.1.2.3:6379/0", True),
+    ("redis://redis.lan:6379/0", True),
+    ("redis://:pw@10.1.2.3:6379/0", False),  # a password
+    ("rediss://10.1.2.3:6379/0", False),  # TLS
+    ("redis://127.0.0.1:6379/0", False),  # loopback
+    ("redis://localhost:6379/0", False),
+    ("redis://[::1]:6379/0", False),
+])
+def test_an_exposed_redis_is_warned_about_once(url, warns, caplog, monkeypatch):
+    """Issue 8, defect 6: a Redis across the network with neither TLS nor a password is warned about, once."""
+    import deepgrid.state.redis as redis_module
+
+    monkeypatch.setattr(redis_module, "_warned_exposed", set())
+    where = parse_redis_url(url, env={})
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        redis_module.warn_if_exposed(where)
+        redis_module.warn_if_exposed(where)
+    warnings = [r.getMessage() for r in caplog.records if "without TLS and without a password" in r.getMessage()]
+    assert len(warnings) == (1 if warns else 0), warnings
+    if warns:
+        assert where.address in warnings[0] and "\n" not in warnings[0]
+
+
+def test_a_non_ascii_job_name_works(server):
+    """Issue 8, defect 8: a non-ASCII job name was refused by Redis as a client name, reported as
+    "deepgrid needs Redis 6 or later with Lua scripting allowed"."""
+    name = f"jöb-ünïcode-{uuid.uuid4().hex[:6]}"
+    t = RedisStateTracker(server.url, name, fresh=True)
+    try:
+        t.add_worker("w1", {"host": "node"})
+        t.enqueue_jobs(jobs(2))
+        assert set(t.workers()) == {"w1"} and t.pending_jobs() == 2
+        with server.client() as r:
+            assert r.exists(f"deepgrid:{name}:workers")
+    finally:
+        t.purge()
+        t.close()
 
 
 def test_conf_describe_masks_redis_passwords():
@@ -217,7 +273,8 @@ def test_key_layout_is_as_documented(server, tracker, job_name):
     with server.client() as r:
         keys = {k for k in r.scan_iter(match=p + "*") if ":once:" not in k}
         assert keys == {p + "workers", p + "worker:w1", p + "queue", p + "ledger:pretrain:0:1", p + "run",
-                        p + "metrics", p + "marker"}
+                        p + "metrics", p + "marker", p + "lease"}
+        assert json.loads(r.get(p + "lease"))["pid"] == os.getpid() and 0 < r.pttl(p + "lease") <= 15000
         assert r.smembers(p + "workers") == {"w1"}
         w = r.hgetall(p + "worker:w1")
         assert w["enabled"] == "1" and w["jobs_done"] == "1" and w["job_id"] == "pretrain:0/1/1"
@@ -250,12 +307,113 @@ def test_fresh_clears_an_earlier_run_of_the_same_name_only(server, job_name):
     other.add_worker("keep", {})
     reader = RedisStateTracker(server.url, job_name)  # what `deepgrid status` opens: state as it is
     assert set(reader.workers()) == {"old"} and reader.pending_jobs() == 2
+    first.close()  # the earlier run's master is gone (while it runs, a second master is refused: see below)
     second = RedisStateTracker(server.url, job_name, fresh=True)
     assert second.workers() == {} and second.pending_jobs() == 0
     assert set(other.workers()) == {"keep"}
-    for t in (first, other, reader, second):
+    for t in (other, reader, second):
         t.purge()
         t.close()
+
+
+# -- one master per job: the lease (issue 8, defect 7) ------------------------------------------------
+LEASE_S = 1.5  # short, so that a dead master's lease runs out quickly in these tests
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "resuming"])
+def test_a_second_master_of_a_running_job_is_refused_and_purges_nothing(server, job_name, fresh):
+    """Defect 7: a second master with the same job name silently purged the first one's state."""
+    # A fresh master as the runner opens it today (fresh=True alone, the default lease); a
+    # resuming one passes master=True.
+    options = {} if fresh else {"master": True, "lease_s": LEASE_S}
+    first = RedisStateTracker(server.url, job_name, fresh=True, **options)
+    try:
+        first.add_worker("w1", {})
+        first.enqueue_jobs(jobs(2))
+        with pytest.raises(ClusterError) as e:
+            RedisStateTracker(server.url, job_name, fresh=fresh, **options)
+        message = str(e.value)
+        assert "another master" in message and job_name in message and "job_name" in message
+        assert "\n" not in message and PASSWORD not in message
+        assert set(first.workers()) == {"w1"} and first.pending_jobs() == 2  # untouched
+        assert first.claim_job("w1") is not None  # and the first master goes on
+        reader = RedisStateTracker(server.url, job_name)  # readers take no lease
+        assert set(reader.workers()) == {"w1"}
+        reader.close()
+    finally:
+        first.purge()
+        first.close()
+    # A master that ended cleanly let go of its lease: the next one starts at once.
+    after = RedisStateTracker(server.url, job_name, fresh=True)
+    after.close()
+
+
+MASTER_SCRIPT = """
+import sys, time
+from deepgrid.state import Job
+from deepgrid.state.redis import RedisStateTracker
+t = RedisStateTracker(sys.argv[1], sys.argv[2], fresh=True, lease_s=float(sys.argv[3]))
+t.add_worker("w1", {})
+t.enqueue_jobs([Job("finetune", 0, i, 2 * i, 2 * i + 2) for i in range(3)])
+print("ready", flush=True)
+try:
+    while True:
+        t.pending_jobs()
+        time.sleep(0.05)
+except Exception as e:
+    print("stopped:", e, flush=True)
+    sys.exit(3)
+"""
+
+
+def start_master_process(server, job_name):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", MASTER_SCRIPT, server.url, job_name, str(LEASE_S)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready", process.stderr.read()
+    return process
+
+
+def test_a_resumed_master_takes_over_once_a_killed_masters_lease_runs_out(server, job_name):
+    """Defect 7: a master killed with SIGKILL leaves its lease; a resumed master (fresh=False) waits
+    for it to run out, takes over, and finds the run's state as it was."""
+    import signal
+
+    process = start_master_process(server, job_name)
+    process.send_signal(signal.SIGKILL)
+    process.wait(30)
+    resumed = RedisStateTracker(server.url, job_name, fresh=False, master=True, lease_s=LEASE_S)
+    try:
+        assert set(resumed.workers()) == {"w1"} and resumed.pending_jobs() == 3  # carried on, not purged
+        with server.client() as r:
+            assert r.get(f"deepgrid:{job_name}:lease") == resumed._lease_token
+    finally:
+        resumed.purge()
+        resumed.close()
+
+
+def test_a_stopped_master_that_lost_its_lease_stops(server, job_name):
+    """Defect 7: a master stopped (SIGSTOP) past its lease, whose job another master took over,
+    must not go on beside it: its next call raises one line and it stops."""
+    import signal
+
+    process = start_master_process(server, job_name)
+    try:
+        process.send_signal(signal.SIGSTOP)
+        second = RedisStateTracker(server.url, job_name, fresh=False, master=True, lease_s=LEASE_S)
+        process.send_signal(signal.SIGCONT)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 3, (out, err)
+        assert "took over job" in out and "two masters never train one job" in out
+        assert second.pending_jobs() == 3
+        second.purge()
+        second.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_a_retried_write_returns_its_first_answer(tracker):

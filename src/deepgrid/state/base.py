@@ -290,12 +290,15 @@ def mask_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host_and_rest}"
 
 
-def tracker_from_url(url: str, job_name: str = "deepgrid", *, fresh: bool = False) -> StateTracker:
+def tracker_from_url(url: str, job_name: str = "deepgrid", *, fresh: bool = False,
+                     master: bool | None = None) -> StateTracker:
     """Open the tracker a URL names: ``memory://`` (one process) or ``redis://host:port/db`` (a cluster).
 
     ``job_name`` namespaces a Redis tracker's keys, so several runs can share one server; ``fresh``
     clears what an earlier run of that name left there (a master starts with empty state, as with
-    ``memory://``). Both are ignored by the in-memory tracker, which always starts empty.
+    ``memory://``); ``master`` (default: ``fresh``) takes the job's lease, so a second master of the
+    job is refused (a resuming master passes ``fresh=False, master=True``). All are ignored by the
+    in-memory tracker, which always starts empty.
     """
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme == "memory":
@@ -312,7 +315,7 @@ def tracker_from_url(url: str, job_name: str = "deepgrid", *, fresh: bool = Fals
                 "install it with: pip install 'deepgrid[cluster]'."
             ) from None
 
-        return RedisStateTracker(url, job_name=job_name, fresh=fresh)
+        return RedisStateTracker(url, job_name=job_name, fresh=fresh, master=master)
     raise ConfigError(
         invalid(
             "state_url",

@@ -29,7 +29,19 @@ key                                type    holds
 ``deepgrid:J:marker``              string  set when the namespace is opened; its absence after a
                                            reconnection means Redis lost the run's state
 ``deepgrid:J:once:<token>``        string  the answer to one write, kept 10 minutes (see below)
+``deepgrid:J:lease``               string  the master's lease (JSON: id, host, pid, since), expiring
+                                           after 15 s unless renewed (see below)
 =================================  ======  ===========================================================
+
+One master per job: a master (``fresh=True``, or ``master=True`` for a resuming one) takes the job's
+lease before it touches anything, a key set only if absent, with a 15 s expiry that a thread of the
+master renews every 5 s and that ``close()`` deletes. A second master of the same job name on the
+same Redis is refused with one line, and the first one's state is left alone. A master that finds
+the lease held waits while it runs out: a killed master's lease expires within 15 s, after which a
+resumed master takes over; a lease that is renewed meanwhile belongs to a live master and is
+refused at once. A master whose lease was taken by another (it was stopped for longer than 15 s)
+gets a ClusterError on its next call instead of training beside the new one. Readers (``deepgrid
+status``, workers) take no lease.
 
 Atomicity: every read-modify-write (heartbeat, claim, complete, release, remove, enable, clear) is
 one Lua script, so it is atomic against every other client; plain multi-key writes are MULTI/EXEC
@@ -47,11 +59,13 @@ Redis with ``appendonly yes`` for a run to survive a Redis restart.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -92,6 +106,13 @@ CONNECT_TIMEOUT_S = 5.0
 SOCKET_TIMEOUT_S = 10.0  # every command is short; a server that stops answering is an outage
 FIRST_BACKOFF_S, MAX_BACKOFF_S = 0.05, 2.0
 ONCE_TTL_S = 600  # longer than any retry, so a retried write always finds its first answer
+MAX_RETRY_TIMEOUT_S = 86400.0  # a day: longer than any outage worth waiting for
+MASKED_PASSWORD = "***"  # how a stored URL's password reads (Conf.to_dict(mask_secrets=True))
+# A master's lease on its job name. 15 s: a master killed (or stopped) lets a resumed one take over
+# within 15 s, and a live one renews it every 5 s from a thread of its own, so a round that keeps the
+# master's main thread away from Redis for minutes never loses it.
+LEASE_S = 15.0
+LEASE_POLL_S = 0.2  # how often a master waiting for a dead master's lease looks again
 
 URL_FORM = "redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)"
 # The job name becomes part of every key and of SCAN patterns: keep it free of separators and globs.
@@ -156,11 +177,18 @@ def parse_redis_url(url: str, env: Mapping[str, str] | None = None) -> RedisAddr
             retry_timeout_s = float(value)
         except ValueError:
             retry_timeout_s = -1.0
-        if not retry_timeout_s > 0:
-            raise _bad_url(url, f"retry_timeout_s must be a positive number of seconds, not {value!r}")
+        # Finite and bounded: an outage must end in an error some time (inf would also overflow
+        # the one-time tokens' expiry).
+        if not 0 < retry_timeout_s <= MAX_RETRY_TIMEOUT_S:
+            raise _bad_url(url, f"retry_timeout_s must be a positive number of seconds, at most "
+                                f"{MAX_RETRY_TIMEOUT_S:.0f} (a day), not {value!r}")
 
     username = unquote(parts.username) if parts.username else None
     password, source = (unquote(parts.password), "state_url") if parts.password else (None, None)
+    if password == MASKED_PASSWORD:
+        # A URL as deepgrid stores it (a checkpoint's conf, a registry entry): the password was
+        # masked there, so it comes from the environment, as for a URL without one.
+        password, source = None, None
     if password is None and env.get(PASSWORD_ENV):
         password, source = env[PASSWORD_ENV], f"${PASSWORD_ENV}"
     if password is None and env.get(PASSWORD_FILE_ENV):
@@ -178,6 +206,34 @@ def parse_redis_url(url: str, env: Mapping[str, str] | None = None) -> RedisAddr
         source = f"the file ${PASSWORD_FILE_ENV} names"
     return RedisAddress(parts.hostname, port or DEFAULT_PORT, int(path or 0), scheme == "rediss",
                         username, password, source, retry_timeout_s)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may well resolve to another machine
+
+
+_warned_exposed: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_if_exposed(where: RedisAddress) -> bool:
+    """Warn once per address (per process) when Redis is reached over the network with neither TLS
+    nor a password: whoever is on the path can read and rewrite the run's state. True if it warned."""
+    if where.tls or where.password is not None or _is_loopback(where.host):
+        return False
+    with _warned_lock:
+        if where.address in _warned_exposed:
+            return False
+        _warned_exposed.add(where.address)
+    log.warning("Redis at %s is reached over the network without TLS and without a password: anyone on the "
+                "way can read and change the run's state. Use rediss:// and a password (%s or %s), or keep "
+                "Redis on a private network.", where.address, PASSWORD_ENV, PASSWORD_FILE_ENV)
+    return True
 
 
 def check_job_name(job_name: str) -> str:
@@ -288,6 +344,30 @@ return 1
 """
 
 
+# KEYS: lease; ARGV: token, ms. Renew our lease; take it again if it lapsed (an outage, a Redis
+# restart) and no one else took it. 0: another master holds it.
+_RENEW_LEASE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end
+return 0
+"""
+
+# KEYS: lease; ARGV: token. Let go of our lease only.
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def _describe_holder(holder: str) -> str:
+    try:
+        info = json.loads(holder)
+        return f"pid {int(info['pid'])} on {str(info['host'])[:100]}, since {time.ctime(float(info['since']))}"
+    except (ValueError, TypeError, KeyError):
+        return f"lease {holder[:60]!r}"
+
+
 def _pairs(flat: list[Any]) -> dict[str, str]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
@@ -321,17 +401,26 @@ class RedisStateTracker:
 
     ``fresh=True`` (what a master asks for) deletes whatever an earlier run of the same job name
     left, so that, as with the in-memory tracker, a run starts empty; a reader such as
-    ``deepgrid status`` opens the namespace as it is.
+    ``deepgrid status`` opens the namespace as it is. ``master`` (default: ``fresh``) takes the
+    job's lease first, so that a second master of the job is refused (see the module docstring);
+    a master resuming a run passes ``fresh=False, master=True``. ``lease_s``: the lease's expiry.
     """
 
-    def __init__(self, url: str, job_name: str = "deepgrid", *, fresh: bool = False,
-                 retry_timeout_s: float | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, url: str, job_name: str = "deepgrid", *, fresh: bool = False, master: bool | None = None,
+                 retry_timeout_s: float | None = None, env: Mapping[str, str] | None = None,
+                 lease_s: float = LEASE_S) -> None:
         self.job_name = check_job_name(job_name)
         self.where = parse_redis_url(url, env)
         self.url = mask_url(url)  # the only form of the URL this object keeps in plain view
         self.retry_timeout_s = float(retry_timeout_s if retry_timeout_s is not None else self.where.retry_timeout_s)
-        if not self.retry_timeout_s > 0:
-            raise ConfigError(invalid("retry_timeout_s", retry_timeout_s, "a positive number of seconds"))
+        if not 0 < self.retry_timeout_s <= MAX_RETRY_TIMEOUT_S:
+            raise ConfigError(invalid("retry_timeout_s", retry_timeout_s,
+                                      f"a number of seconds above 0 and at most {MAX_RETRY_TIMEOUT_S:.0f}"))
+        if not 0.5 <= lease_s <= 3600:
+            raise ConfigError(invalid("lease_s", lease_s, "seconds from 0.5 to 3600"))
+        warn_if_exposed(self.where)
+        self.master = fresh if master is None else master
+        self.lease_s = float(lease_s)
         self.prefix = f"deepgrid:{job_name}:"
         self._worker_prefix = self.prefix + "worker:"
         self._workers_key = self.prefix + "workers"
@@ -339,6 +428,12 @@ class RedisStateTracker:
         self._run_key = self.prefix + "run"
         self._metrics_key = self.prefix + "metrics"
         self._marker_key = self.prefix + "marker"
+        self._lease_key = self.prefix + "lease"
+        self._lease_token = json.dumps({"id": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid(),
+                                        "since": time.time()})
+        self._lease_stop = threading.Event()
+        self._lease_thread: threading.Thread | None = None
+        self._lease_lost: str | None = None  # who took the lease from this master, once it did
         self._outage_lock = threading.Lock()
         self._outage_since: float | None = None
         self._armed = False  # set once the marker exists: from then on a new connection checks it
@@ -351,7 +446,9 @@ class RedisStateTracker:
             # Our own loop retries, with the one-time tokens; redis-py retrying underneath could
             # apply a write twice.
             retry=Retry(NoBackoff(), 0), decode_responses=True, redis_connect_func=self._on_connect,
-            client_name=f"deepgrid:{job_name}",
+            # Redis refuses a client name with spaces or characters outside printable ASCII: a
+            # non-ASCII job name is spelled with escapes there (the keys themselves are binary-safe).
+            client_name="deepgrid:" + job_name.encode("ascii", "backslashreplace").decode("ascii"),
         )
         r = self._redis
         self._rpush_once = r.register_script(_RPUSH_ONCE)
@@ -363,12 +460,17 @@ class RedisStateTracker:
         self._all_workers = r.register_script(_ALL_WORKERS)
         self._snapshot = r.register_script(_SNAPSHOT)
         self._clear_jobs = r.register_script(_CLEAR_JOBS)
+        self._renew_lease = r.register_script(_RENEW_LEASE)
+        self._release_lease = r.register_script(_RELEASE_LEASE)
         try:
             self._call("connect", r.ping, budget_s=min(self.retry_timeout_s, STARTUP_TIMEOUT_S), starting=True)
+            if self.master:  # before anything is cleared: a second master must not purge the first one's state
+                self._take_lease()
             if fresh:
                 self._call("clear the earlier run's state", self._purge)
             self._call("open the run's namespace", lambda: r.set(self._marker_key, repr(time.time()), nx=True))
         except BaseException:
+            self._stop_lease(release=True)
             self._redis.close()
             raise
         self._armed = True
@@ -386,6 +488,78 @@ class RedisStateTracker:
         with self._outage_lock:
             return self._outage_since is not None
 
+    # -- the master's lease ----------------------------------------------------------------------
+    def _take_lease(self) -> None:
+        """Take the job's lease, waiting while a dead master's runs out; refuse a live master's."""
+        r, key, ms = self._redis, self._lease_key, int(self.lease_s * 1000)
+        deadline: float | None = None  # when the lease first seen has run out, unless renewed
+        last_ttl: int | None = None
+        said = False
+        while True:
+            if self._call("take the job's lease", lambda: r.set(key, self._lease_token, nx=True, px=ms)):
+                break
+
+            def read() -> list[Any]:
+                with r.pipeline(transaction=True) as p:
+                    p.get(key)
+                    p.pttl(key)
+                    return p.execute()
+
+            holder, ttl = self._call("read the job's lease", read)
+            if holder is None:
+                continue  # it ran out just now: take it
+            # A lease whose expiry moved later was renewed: its master is alive. One that never
+            # expires was not set by deepgrid.
+            if deadline is None and ttl >= 0:
+                deadline = time.monotonic() + ttl / 1000 + 1.0
+            if ttl < 0 or (last_ttl is not None and ttl > last_ttl) or (deadline and time.monotonic() > deadline):
+                raise ClusterError(
+                    f"Job {self.job_name!r} on Redis at {self.where.address} belongs to another master that is "
+                    f"still running ({_describe_holder(holder)}); two masters must never train one job. Stop that "
+                    "master first (a killed master's lease runs out within seconds and a resumed master then takes "
+                    "over), or give this run another job_name.")
+            if not said:
+                log.warning("Job %r on Redis at %s is held by another master (%s); waiting up to %.0f s for its "
+                            "lease to run out, as a master that died leaves it.", self.job_name, self.where.address,
+                            _describe_holder(holder), ttl / 1000)
+                said = True
+            last_ttl = ttl
+            time.sleep(LEASE_POLL_S)
+        self._lease_thread = threading.Thread(target=self._keep_lease, name="deepgrid-redis-lease", daemon=True)
+        self._lease_thread.start()
+
+    def _keep_lease(self) -> None:
+        ms = int(self.lease_s * 1000)
+        while not self._lease_stop.wait(self.lease_s / 3):
+            try:
+                held = self._renew_lease([self._lease_key], [self._lease_token, ms])
+            except Exception as e:  # an outage: the training thread's own calls report it; try again later
+                log.debug("could not renew the lease of job %r: %s", self.job_name, e)
+                continue
+            if not held:
+                try:
+                    holder = self._redis.get(self._lease_key) or "?"
+                except Exception:
+                    holder = "?"
+                self._lease_lost = _describe_holder(holder)
+                log.warning("Job %r: another master (%s) took this master's lease on Redis at %s.",
+                            self.job_name, self._lease_lost, self.where.address)
+                return
+
+    def _stop_lease(self, *, release: bool) -> None:
+        """Stop renewing the lease and, with ``release``, let go of it (a clean end: the next master
+        need not wait for it to run out)."""
+        self._lease_stop.set()
+        thread, self._lease_thread = self._lease_thread, None
+        if thread is None:
+            return
+        thread.join(timeout=2)
+        if release and self._lease_lost is None and not self.unreachable:
+            try:
+                self._release_lease([self._lease_key], [self._lease_token])
+            except Exception as e:  # it runs out by itself within lease_s
+                log.debug("could not release the lease of job %r: %s", self.job_name, e)
+
     # -- connection ----------------------------------------------------------------------------
     def _on_connect(self, connection: Any) -> None:
         """Every new connection (a reconnection too): handshake, then check the run's keys survived."""
@@ -399,6 +573,11 @@ class RedisStateTracker:
         """Run ``fn``; retry connection errors with bounded exponential back-off; map errors to one line."""
         if self._closed:
             raise ClusterError(f"The Redis state tracker of job {self.job_name!r} is closed; cannot {what}.")
+        if self._lease_lost is not None:
+            raise ClusterError(
+                f"Another master ({self._lease_lost}) took over job {self.job_name!r} on Redis at {self.where.address} "
+                f"while this one did not renew its lease for {self.lease_s:.0f} s (it was stopped or cut off); this "
+                "master stops so that two masters never train one job.")
         budget = self.retry_timeout_s if budget_s is None else budget_s
         deadline: float | None = None
         delay = FIRST_BACKOFF_S
@@ -616,7 +795,7 @@ class RedisStateTracker:
         deleted = 0
         batch: list[str] = []
         for key in self._redis.scan_iter(match=self.prefix + "*", count=500):
-            if key != self._marker_key:
+            if key not in (self._marker_key, self._lease_key):  # the lease is this master's own
                 batch.append(key)
             if len(batch) >= 500:
                 deleted += self._redis.unlink(*batch)
@@ -627,5 +806,6 @@ class RedisStateTracker:
 
     def close(self) -> None:
         if not self._closed:
+            self._stop_lease(release=True)
             self._closed = True
             self._redis.close()
