@@ -78,6 +78,21 @@ def test_truncated_header(tmp_path):
         read_idx(path)
 
 
+@pytest.mark.parametrize("dims, payload", [
+    ((2**31, 2**31, 4), b""),  # 2**64 bytes: NumPy's int64 product wraps to 0, which "matched" the empty payload
+    ((2**32 - 1,) * 3, b"\0" * 64),
+    ((2**32 - 1, 2**32 - 1), b"\0" * 16),
+], ids=["wraps-to-zero", "three-huge", "two-huge"])
+def test_sizes_that_overflow_are_one_line(tmp_path, dims, payload):
+    """Issue 8, defect 8: an IDX header whose sizes overflow gave a traceback (or a wrong message)."""
+    path = tmp_path / "huge"
+    path.write_bytes(bytes([0, 0, 0x08, len(dims)]) + np.asarray(dims, dtype=">u4").tobytes() + payload)
+    with pytest.raises(DataError) as e:
+        read_idx(path)
+    message = str(e.value)
+    assert str(path) in message and "header" in message and "\n" not in message
+
+
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_truncated_file(tmp_path, suffix):
     full = write_idx(tmp_path / "full", np.zeros((4, 5), dtype=np.int16)).read_bytes()

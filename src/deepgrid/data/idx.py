@@ -12,6 +12,7 @@ long, a broken gzip stream) is a :class:`DataError` naming the file.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -34,6 +35,7 @@ _TYPE_OF_KIND = {(dt.kind, dt.itemsize): code for code, dt in IDX_TYPES.items()}
 _TYPE_NAMES = "0x08 ubyte, 0x09 byte, 0x0B short, 0x0C int, 0x0D float, 0x0E double"
 
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_PAYLOAD_BYTES = 1 << 40  # 1 TiB: far beyond any data set read into memory, far below an overflow
 _CHUNK = 16 << 20  # read in 16 MiB pieces: a damaged header cannot make us allocate more than the file holds
 
 
@@ -85,7 +87,15 @@ def _read_stream(stream: BinaryIO, path: Path) -> np.ndarray:
         )
     shape = tuple(int(d) for d in np.frombuffer(dims_bytes, dtype=">u4"))
     dtype = IDX_TYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: NumPy's int64 product wraps around for sizes like 2**32-1 cubed, and a
+    # wrapped size can even match the payload and then fail in reshape with a traceback.
+    expected = math.prod(shape) * dtype.itemsize
+    if expected > MAX_PAYLOAD_BYTES:
+        raise DataError(
+            f"{path}: the IDX header declares shape {shape} of {dtype.name}, {expected:.3g} bytes of data, "
+            f"more than the {MAX_PAYLOAD_BYTES:.3g} an IDX file read here may hold; the header is damaged or "
+            "this is not an MNIST-style file. Download or copy the file again."
+        )
     payload = _read_up_to(stream, expected)
     actual = len(payload) + _count_rest(stream)
     if actual != expected:
