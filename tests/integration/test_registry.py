@@ -122,6 +122,46 @@ def test_digest_acl_keeps_out_clients_without_credentials(zk, root, monkeypatch,
     assert find_master(zk.url(root), "secret-job") == "127.0.0.1:6380"
 
 
+def test_a_write_to_an_existing_open_node_sets_the_acl(zk, root, monkeypatch):
+    """Issue 8, defect 6: registering over a node created without credentials kept its open ACL,
+    so anyone could read the new Conf and redirect workers."""
+    from kazoo.client import KazooClient
+
+    with registry_from_url(zk.url(root)) as anonymous:  # no credentials: an open node
+        anonymous.register("job", conf(engine_address="127.0.0.1:6380"))
+    monkeypatch.setenv("DEEPGRID_ZK_AUTH", "alice:correct-horse")
+    with registry_from_url(zk.url(root)) as registry:
+        registry.register("job", conf(engine_address="127.0.0.1:6381"))
+        assert registry.retrieve("job").engine_address == "127.0.0.1:6381"
+    client = KazooClient(zk.address, auth_data=[("digest", "alice:correct-horse")])  # reading an ACL needs rights
+    client.start(timeout=10)
+    try:
+        acls, _ = client.get_acls(f"{root}/jobs/job")
+        assert [acl.id.scheme for acl in acls] == ["digest"] and acls[0].id.id.startswith("alice:"), acls
+    finally:
+        client.stop()
+        client.close()
+    monkeypatch.delenv("DEEPGRID_ZK_AUTH")
+    with pytest.raises(ClusterError, match="DEEPGRID_ZK_AUTH"):
+        find_master(zk.url(root), "job")
+
+
+def test_zookeeper_entries_hold_no_password(zk, root):
+    """Issue 8, defect 6: the raw state_url password was written into the job's node."""
+    from kazoo.client import KazooClient
+
+    with registry_from_url(zk.url(root)) as registry:
+        registry.register("job", conf(state_url="redis://:p@ss/w0rd@cache:6379/0"))
+    client = KazooClient(zk.address)
+    client.start(timeout=10)
+    try:
+        data, _ = client.get(f"{root}/jobs/job")
+    finally:
+        client.stop()
+        client.close()
+    assert b"p@ss" not in data and b"w0rd" not in data and b'"redis://:***@cache:6379/0"' in data
+
+
 def test_invalid_entry_names_the_job_and_the_problem(zk, root):
     with registry_from_url(zk.url(root)) as registry:
         registry.register("fine", conf())

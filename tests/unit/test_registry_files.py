@@ -212,6 +212,16 @@ def test_cli_conf_push_get_list(tmp_path, capsys):
     assert "hunter2" not in out and "redis://:***@cache" in out  # secrets masked when printed
 
 
+@pytest.mark.parametrize("password", ["hunter2", "p@ss/w0rd@x"])
+def test_registry_entries_hold_no_password(registry, password):
+    """Issue 8, defect 6: the raw state_url password was written into every registry entry."""
+    registry.register("job", conf(state_url=f"redis://:{password}@cache:6379/0"))
+    text = (registry.directory / "job.json").read_text()
+    assert password not in text and "ss/w0rd" not in text, text
+    assert json.loads(text)["state_url"] == "redis://:***@cache:6379/0"
+    assert registry.retrieve("job").state_url == "redis://:***@cache:6379/0"
+
+
 def test_cli_default_registry_from_env(tmp_path, monkeypatch, capsys):
     (tmp_path / "conf.yaml").write_text(CONF_YAML)
     monkeypatch.setenv("DEEPGRID_REGISTRY", str(tmp_path / "env-reg"))

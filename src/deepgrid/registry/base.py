@@ -15,8 +15,9 @@ Two registries, chosen by URL (:func:`registry_from_url`):
 * ``zk://host:2181[,host2:2181]/deepgrid``: ZooKeeper (see
   :mod:`deepgrid.registry.zookeeper` for the node layout and authentication).
 
-Entries are the JSON of ``Conf.to_dict()``, never pickle: reading a registry
-must not run code that whoever wrote to it chose.
+Entries are the JSON of ``Conf.to_dict(mask_secrets=True)`` (a URL's password
+stored as ``***``), never pickle: reading a registry must not run code that
+whoever wrote to it chose.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def parse_entry(name: str, payload: bytes | str, where: str) -> Conf:
 
 
 def encode_entry(conf: Conf) -> bytes:
-    return json.dumps(conf.to_dict(), indent=1, sort_keys=True).encode("utf-8")
+    # Secrets masked: whoever may read the registry must not learn the state store's password
+    # (the master keeps its own Conf; workers need no password, only the master talks to Redis).
+    return json.dumps(conf.to_dict(mask_secrets=True), indent=1, sort_keys=True).encode("utf-8")
 
 
 def unknown_job(name: str, known: list[str], where: str) -> ConfigError:

@@ -8,8 +8,8 @@ Node layout, under the root node ``<root>`` (``/deepgrid`` by default)::
 
     <root>                   created on first register
     <root>/jobs              one child per job
-    <root>/jobs/<name>       UTF-8 JSON of Conf.to_dict(); its engine_address is the
-                             master's Ray address, which workers join
+    <root>/jobs/<name>       UTF-8 JSON of Conf.to_dict(mask_secrets=True); its engine_address
+                             is the master's Ray address, which workers join
 
 A worker needs only ZooKeeper's address and the job name: it reads
 ``<root>/jobs/<name>``, takes ``engine_address`` and joins the master there
@@ -21,10 +21,11 @@ the job; the next master of that job overwrites the entry.
 Authentication: with ``DEEPGRID_ZK_AUTH=user:password`` in the environment (or
 ``DEEPGRID_ZK_AUTH_FILE`` naming a file that holds ``user:password``), the
 session authenticates with ZooKeeper's ``digest`` scheme and every node deepgrid
-creates carries the ACL ``digest:user:<hash>`` with all permissions, so no
-other identity can read a Conf (which may hold a state store's password) or
-change where workers go. Without credentials the nodes are world-readable and
--writable (``OPEN_ACL_UNSAFE``), fine on a private network only.
+creates or writes carries the ACL ``digest:user:<hash>`` with all permissions
+(a job node that exists already gets it too, before the new Conf is written), so
+no other identity can read a Conf or change where workers go. Without credentials
+the nodes are world-readable and -writable (``OPEN_ACL_UNSAFE``), fine on a
+private network only.
 
 Every request has a deadline (``DEEPGRID_ZK_TIMEOUT`` seconds, 10 by default,
 also the connection deadline), so an unreachable ZooKeeper ends in one
@@ -216,6 +217,10 @@ class ZooKeeperConfigRegistry:
             self._request("creating", path,
                           lambda: self._client.create_async(path, payload, acl=self._acl, makepath=True))
         except NodeExistsError:
+            if self._acl is not None:
+                # The node may have been created open (by a master without credentials): protect it
+                # before the new Conf is written into it, not after.
+                self._request("setting the ACL of", path, lambda: self._client.set_acls_async(path, self._acl))
             self._request("writing", path, lambda: self._client.set_async(path, payload))
 
     def retrieve(self, name: str) -> Conf:
