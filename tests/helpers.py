@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 import torch
+
+# Set by .ci/run: a test that needs a server (redis-server, ZooKeeper) or its client package fails
+# where they are missing instead of skipping, so CI can never pass green without the real servers.
+REQUIRE_SERVERS_ENV = "DEEPGRID_REQUIRE_SERVERS"
+
+
+def servers_required() -> bool:
+    return os.environ.get(REQUIRE_SERVERS_ENV, "").strip() not in ("", "0")
+
+
+def missing_server(reason: str, *, module_level: bool = False) -> NoReturn:
+    """Skip the test for want of a server (say which and how to install it), or fail it under
+    DEEPGRID_REQUIRE_SERVERS=1."""
+    if servers_required():
+        pytest.fail(f"{reason}; {REQUIRE_SERVERS_ENV}=1 requires it (install it, or unset the variable "
+                    "to skip these tests)", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+def import_or_missing(name: str, reason: str, *, module_level: bool = False) -> ModuleType:
+    """``pytest.importorskip`` for a server's client package, under the same rule as :func:`missing_server`."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        missing_server(reason, module_level=module_level)
 
 
 def assert_user_error(code: int, stderr: str, *fragments: str) -> str:

@@ -3,7 +3,8 @@
 ``RedisServer(tmp_dir)`` is a context manager; ``start()`` returns once the server answers PING
 (polled, no fixed sleep) and ``stop()`` ends it (SIGTERM, so with ``appendonly=True`` it flushes its
 append-only file and a later ``start()`` on the same port and directory finds the same data).
-Tests that need one skip, with the reason, where redis-server is not installed.
+Tests that need one skip, with the reason, where redis-server is not installed (and fail there
+under ``DEEPGRID_REQUIRE_SERVERS=1``, which .ci/run sets).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from tests.helpers import missing_server
 
 REDIS_SERVER = shutil.which("redis-server")
 PASSWORD = "test-only-password"
@@ -26,9 +28,10 @@ START_TIMEOUT_S = 20.0
 
 
 def require_redis_server() -> str:
-    """The redis-server binary, or skip the test (say `apt-get install redis-server`)."""
+    """The redis-server binary, or skip the test (say `apt-get install redis-server`); a failure
+    instead under DEEPGRID_REQUIRE_SERVERS=1 (tests/helpers.py)."""
     if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        missing_server("redis-server is not installed (apt-get install redis-server)")
     return REDIS_SERVER
 
 

@@ -33,6 +33,17 @@ def zookeeper_available() -> str | None:
     return None
 
 
+def require_zookeeper() -> None:
+    """Skip the test where no ZooKeeper server (or kazoo) can be had here; a failure instead under
+    DEEPGRID_REQUIRE_SERVERS=1 (tests/helpers.py)."""
+    from tests.helpers import import_or_missing, missing_server
+
+    import_or_missing("kazoo", "the ZooKeeper registry needs kazoo (pip install 'deepgrid[cluster]')")
+    why_not = zookeeper_available()
+    if why_not:
+        missing_server(f"no ZooKeeper server for tests: {why_not}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -118,12 +118,9 @@ def test_a_bad_worker_type_is_refused(setting) -> None:
 
 def test_a_worker_finds_the_master_through_zookeeper_alone(setting, tmp_path: Path) -> None:
     """The seed's ZookeeperConfigurationRetriever: the worker is given the registry and the job name only."""
-    pytest.importorskip("kazoo")
-    from tests.zookeeper_server import ZooKeeperServer, zookeeper_available
+    from tests.zookeeper_server import ZooKeeperServer, require_zookeeper
 
-    why_not = zookeeper_available()
-    if why_not:
-        pytest.skip(f"no ZooKeeper server for tests: {why_not}")
+    require_zookeeper()
     conf, env, port = setting
     with ZooKeeperServer() as zk:
         registry = zk.url("/deepgrid-e2e")

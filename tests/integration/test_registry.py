@@ -2,7 +2,7 @@
 
 No mock stands in for ZooKeeper: ``tests/zookeeper_server.py`` starts a standalone
 server on a free 127.0.0.1 port with its own data directory and stops it at the end.
-Skipped where Java or the zookeeper package is missing.
+Skipped where Java or the zookeeper package is missing (a failure under DEEPGRID_REQUIRE_SERVERS=1).
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from deepgrid.errors import ClusterError, ConfigError
 from deepgrid.registry import ConfigRegistry, find_master, registry_from_url
 from deepgrid.registry.zookeeper import ZooKeeperConfigRegistry
 from tests.helpers import assert_user_error as user_error
-from tests.helpers import isolate_registry_env
-from tests.zookeeper_server import ZooKeeperServer, free_port, zookeeper_available
+from tests.helpers import import_or_missing, isolate_registry_env
+from tests.zookeeper_server import ZooKeeperServer, free_port, require_zookeeper
 
-pytest.importorskip("kazoo", reason="the ZooKeeper registry needs kazoo (pip install 'deepgrid[cluster]')")
+import_or_missing("kazoo", "the ZooKeeper registry needs kazoo (pip install 'deepgrid[cluster]')", module_level=True)
 
 CONF_YAML = """\
 model: mlp
@@ -37,9 +37,7 @@ network:
 
 @pytest.fixture(scope="module")
 def zk():
-    why_not = zookeeper_available()
-    if why_not:
-        pytest.skip(f"no ZooKeeper server for tests: {why_not}")
+    require_zookeeper()
     with ZooKeeperServer() as server:
         yield server
 
