@@ -270,3 +270,54 @@ class MLPThatSleeps(MLP):
 
         time.sleep(0.5)
         return super().train_step(phase, batches)
+
+
+class MLPThatOverrunsOnce(MLP):
+    """One worker's fifth job takes 7 s, past the round deadline (5 s at least, once the master
+    knows a typical job's time); every train_step that starts while another runs in the same
+    worker is noted in ``overlaps``."""
+
+    def __init__(self, conf, marks: str) -> None:
+        super().__init__(conf)
+        self._marks = marks
+        self._active = 0
+        self._calls = 0
+
+    def train_step(self, phase, batches):  # type: ignore[override]
+        import time
+
+        self._active += 1
+        self._calls += 1
+        try:
+            if self._active > 1:
+                with open(os.path.join(self._marks, "overlaps"), "a") as f:
+                    f.write(f"{os.getpid()}\n")
+            try:  # only one worker, once: whoever creates the file first
+                if self._calls == 5:
+                    os.close(os.open(os.path.join(self._marks, "slept"), os.O_CREAT | os.O_EXCL))
+                    time.sleep(7.0)
+            except FileExistsError:
+                pass
+            return super().train_step(phase, batches)
+        finally:
+            self._active -= 1
+
+
+def test_a_worker_past_the_deadline_gets_no_job_until_its_call_ends(tmp_path) -> None:
+    """Issue 8, defect 1: with the default deadline and heartbeat settings, a worker whose job overran
+    the deadline is kept but gets no new job while that job still runs: never two jobs at once on
+    one model; its late result is not counted; each batch is trained exactly once."""
+    c = conf(workers=2, epochs=2)
+    marks = str(tmp_path)
+    runner = ActorNetworkRunner("master", TRAIN, model_factory=lambda: MLPThatOverrunsOnce(c.network, marks))
+    try:
+        runner.setup(c)
+        model = runner.train()
+    finally:
+        runner.shutdown()
+    assert os.path.exists(tmp_path / "slept")
+    assert not os.path.exists(tmp_path / "overlaps"), "a worker trained two jobs at once"
+    for epoch in range(2):
+        assert runner_ledger(runner, epoch) == {i: 1 for i in range(TRAIN.n_batches(16))}
+    assert len(runner.tracker_snapshot["workers"]) == 2  # a slow worker is kept (disabled while busy)
+    assert model.score(TEST.x, TEST.y) > 0.9

@@ -59,6 +59,11 @@ class WorkerHandle:
     actor: Any
     node_id: str | None = None
     failures: int = 0
+    # A call that ran past its round's deadline and is still running. Until it ends the worker is
+    # disabled in the tracker and gets no job: its model and optimizer are busy with the old one.
+    overrun: Any = None
+    overrun_ping: Any = None
+    last_seen: float = 0.0
 
 
 class ActorNetworkRunner:
@@ -429,13 +434,22 @@ class ActorNetworkRunner:
             self.accept_joined()
         if not self.workers:
             raise ClusterError("No live workers are left; the last checkpoint is kept. Start workers and --resume.")
+        self._end_overruns()
+        free = [(worker_id, handle) for worker_id, handle in self.workers.items() if handle.overrun is None]
+        if not free:  # every worker is still busy with an overrun job: wait for one, count no round
+            self._wait_for_overruns()
+            return []
         params_ref = ray.put(self.params)  # one copy in the object store, read by every worker
         calls: dict[Any, tuple[str, Job]] = {}
-        for worker_id, handle in list(self.workers.items()):
+        for worker_id, handle in free:
             job = tracker.claim_job(worker_id)
             if job is None:
                 break
             calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job)
+        if not calls:  # jobs are pending (the caller checked) yet none could be handed out
+            raise ClusterError(f"The state tracker holds {tracker.pending_jobs()} pending job(s) but handed none "
+                               f"to {len(free)} free worker(s); its state is inconsistent (another master on "
+                               "the same job name?). The last checkpoint is kept: resume with --resume.")
         started = time.monotonic()
         call_started = dict.fromkeys(calls, started)
         deadline = self._deadline()
@@ -496,6 +510,10 @@ class ActorNetworkRunner:
                 handle.failures += 1
             self._failure(Failure(worker_id, FailureKind.TIMEOUT, job, f"no result after {deadline:.1f} s",
                                   handle.failures if handle else 1))
+            if worker_id in self.workers:  # kept: no new job until this call ends
+                handle = self.workers[worker_id]
+                handle.overrun, handle.last_seen = ref, seen.get(worker_id, time.monotonic())
+                tracker.set_enabled(worker_id, False)
         if latest:
             mean = weighted_mean([r["params"] for r in latest.values()], [samples[w] for w in latest])
             self.params = self._block_update(mean, len(latest))
@@ -554,6 +572,47 @@ class ActorNetworkRunner:
             elif worker_id not in pinged and now - seen.get(worker_id, now) >= PING_EVERY_S:
                 pings[handle.actor.ping.remote()] = worker_id
         return pending
+
+    def _end_overruns(self) -> None:
+        """Re-enable the workers whose overrun call has ended (its result is stale: dropped)."""
+        import ray
+
+        for worker_id, handle in list(self.workers.items()):
+            if handle.overrun is None or not ray.wait([handle.overrun], timeout=0)[0]:
+                continue
+            try:
+                ray.get(handle.overrun)
+            except ray.exceptions.RayActorError as e:
+                self._failure(Failure(worker_id, FailureKind.DIED, None, _first_line(e)))
+                continue
+            except ray.exceptions.RayError:
+                pass  # its job was re-queued already; the error is the stale job's
+            handle.overrun = handle.overrun_ping = None
+            assert self.tracker is not None
+            self.tracker.set_enabled(worker_id, True)
+            self._say(f"deepgrid: worker {worker_id} finished its overrun job and gets jobs again")
+
+    def _wait_for_overruns(self) -> None:
+        """Every worker is busy with an overrun call: wait (briefly) for one to end, and drop a
+        worker that stops answering heartbeats meanwhile (hung, stopped, cut off)."""
+        import ray
+
+        assert self.conf is not None
+        busy = [h for h in self.workers.values() if h.overrun is not None]
+        for handle in busy:
+            if handle.overrun_ping is None:
+                handle.overrun_ping = handle.actor.ping.remote()
+        refs = [h.overrun for h in busy] + [h.overrun_ping for h in busy]
+        ray.wait(refs, num_returns=1, timeout=PING_EVERY_S)
+        now = time.monotonic()
+        for handle in busy:
+            if ray.wait([handle.overrun_ping], timeout=0)[0]:
+                handle.overrun_ping = None
+                handle.last_seen = now
+            elif now - handle.last_seen > self.conf.heartbeat_timeout_s:
+                self._failure(Failure(handle.worker_id, FailureKind.STALE, None,
+                                      f"no heartbeat for {now - handle.last_seen:.1f} s"))
+        self._end_overruns()
 
     def _pull_another(self, worker_id: str, pending: list[Any], calls: dict[Any, tuple[str, Job]],
                       call_started: dict[Any, float]) -> Any:

@@ -112,5 +112,11 @@ def remote_worker_class() -> Any:
     """``Worker`` as a Ray actor class (made on demand, so importing this module needs no Ray)."""
     import ray
 
-    # Two threads: a ``ping`` (the master's heartbeat) is answered while a job trains.
-    return ray.remote(max_restarts=0, max_task_retries=0, max_concurrency=2)(Worker)
+    # ``ping`` (the master's heartbeat) has a thread of its own, so a worker answers while a job
+    # trains; every other call (``train``, ``info``) runs on the one default thread, one at a
+    # time: two jobs never train at once on the same model and optimizer.
+    class RayWorker(Worker):
+        ping = ray.method(concurrency_group="heartbeat")(Worker.ping)
+
+    RayWorker.__name__ = RayWorker.__qualname__ = "Worker"  # the process title stays ray::Worker
+    return ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"heartbeat": 1})(RayWorker)
