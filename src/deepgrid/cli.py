@@ -192,7 +192,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     train_data, test_data = load_splits(conf)
     if args.single_process:
         model, result = train_single_process(conf, train_data)
-        workers, samples_per_s, elapsed = 1, result.samples_per_s, result.elapsed_s
+        workers, samples_per_s, elapsed, runner = 1, result.samples_per_s, result.elapsed_s, None
     else:
         from deepgrid.distributed.runner import ActorNetworkRunner
 
@@ -202,14 +202,14 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                 f"{len(runner.train_data):,} examples with {len(runner.workers)} workers")
             model = runner.train()
             workers, samples_per_s, elapsed = len(runner.workers), runner.samples_per_s, runner.train_seconds
-    return report(model, conf, test_data, output, workers, samples_per_s, elapsed)
+    return report(model, conf, test_data, output, workers, samples_per_s, elapsed, runner)
 
 
 def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, samples_per_s: float,
-           elapsed: float) -> dict[str, Any]:
+           elapsed: float, runner: Any = None) -> dict[str, Any]:
     """After training: evaluate on the held-out test set, save the model, print and return the results."""
     evaluation = model.evaluate(test_data.x, test_data.y, labels=class_labels(conf.dataset, conf.network.n_out))
-    model.save(output, extra={"conf": conf.to_dict(), "test_accuracy": evaluation.accuracy})
+    model.save(output, extra={"conf": conf.public_dict(), "test_accuracy": evaluation.accuracy})
     print(evaluation.stats())
     print(f"test accuracy: {evaluation.accuracy:.4f}   ({samples_per_s:,.0f} samples/s with {workers} worker(s), "
           f"{elapsed:.1f} s training)   model saved to {output}")
@@ -220,6 +220,9 @@ def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, sa
         "samples_per_s": round(samples_per_s, 1),
         "elapsed_s": round(elapsed, 2),
         "output": str(output),
+        # Distributed runs: jobs per machine, and per phase and epoch the mini-batches never
+        # trained or trained twice (the ledger).
+        **({"jobs_by_host": runner.jobs_by_host(), "ledger": runner.ledger_summary()} if runner else {}),
     }
 
 
@@ -281,7 +284,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         engine.shutdown()  # leave the cluster before its head goes, or the driver waits for it
         head.stop()
-    return report(model, conf, test_data, output, workers, samples_per_s, elapsed)
+    return report(model, conf, test_data, output, workers, samples_per_s, elapsed, runner)
 
 
 def cmd_worker(args: argparse.Namespace) -> dict[str, Any]:

@@ -57,12 +57,24 @@ def check_local_address(bind: str) -> None:
                           "(the one the master can reach), or leave --bind out to use the route to the master.") from None
 
 
-def alive_nodes(master: str) -> dict[str, Any]:
-    """Node id (hex) -> node info, for every live node of the engine at ``master``."""
+def alive_nodes(master: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """Node id (hex) -> node info, for every live node of the engine at ``master``. A head that
+    is still starting (its port open, its services not yet) gets ``timeout_s`` to answer."""
     from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError, RpcError
 
-    infos = GcsClient(address=master).get_all_node_info(timeout=10)
-    return {node_id.hex(): info for node_id, info in infos.items() if info.state == ALIVE}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            infos = GcsClient(address=master).get_all_node_info(timeout=10)
+            return {node_id.hex(): info for node_id, info in infos.items() if info.state == ALIVE}
+        except AuthenticationError:
+            raise
+        except RpcError as e:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"The master's engine at {master} accepts connections but does not answer "
+                                   f"({e}); check that a deepgrid master runs there.") from None
+            time.sleep(1.0)
 
 
 def node_at(master: str, ip: str) -> str | None:

@@ -114,6 +114,7 @@ class ActorNetworkRunner:
         self.ledger: dict[tuple[str, int], dict[int, int]] = {}
         self.tracker_snapshot: dict[str, Any] = {}
         self.mailbox: Any = None  # set when deepgrid worker processes may join
+        self._worker_hosts: dict[str, str] = {}  # worker id -> its machine's address, for reports
         self.history: list[dict[str, Any]] = []  # one entry per job trained: round, worker, job, samples, loss
         self.on_round: Callable[[ActorNetworkRunner], None] | None = None  # called after each round
 
@@ -139,7 +140,7 @@ class ActorNetworkRunner:
         factory = self._model_factory or _named_factory(conf)
         self.model = factory()
         if resume is not None:
-            restored, self._resume = load_latest_checkpoint(Path(resume))
+            restored, self._resume = load_latest_checkpoint(Path(resume), model_factory=factory, conf=conf)
             self._block_step = load_run_state(Path(resume)).get("block_step")  # momentum goes on as it was
             self.model.set_flat_params(restored.get_flat_params())
             # Carry on the round counter: checkpoint names sort by round, so a resumed run that
@@ -164,7 +165,7 @@ class ActorNetworkRunner:
         self._home_node = ray.get_runtime_context().get_node_id()
         # Resuming keeps the tracker's state: the ledger of the epoch under way, the metrics, the
         # round reached. A fresh run starts empty.
-        self.tracker = tracker_from_url(conf.state_url, job_name=conf.job_name, fresh=resume is None)
+        self.tracker = tracker_from_url(conf.state_url, job_name=conf.job_name, fresh=resume is None, master=True)
         run_fields: dict[str, Any] = dict(
             job_name=conf.job_name, status="starting", batch_size=conf.batch_size, patience=conf.patience,
             min_improvement=conf.min_improvement, begun=True, done=False)
@@ -173,9 +174,10 @@ class ActorNetworkRunner:
         else:
             run_fields["started_at"] = time.time()
         self.tracker.update_run(**run_fields)
-        self._conf_dict = conf.to_dict()
+        self._conf_dict = conf.to_dict(mask_secrets=True)
         if conf.checkpoint_dir is not None:
-            self._writer = CheckpointWriter(Path(conf.checkpoint_dir), factory(), conf.keep_checkpoints)
+            self._writer = CheckpointWriter(Path(conf.checkpoint_dir), factory(), conf.keep_checkpoints,
+                                            run_id=(self._resume or {}).get("run_id"))
         self._commit()
         self.policy = FailurePolicy(min_workers=1)
         self._worker_class = remote_worker_class()
@@ -265,6 +267,7 @@ class ActorNetworkRunner:
             if not self._same_data(worker_id, actor, info):
                 continue
             self.workers[worker_id] = WorkerHandle(worker_id, actor, node_id)
+            self._worker_hosts[worker_id] = str(info.get("ip") or info.get("host"))
             assert self.tracker is not None
             self.tracker.add_worker(worker_id, info)
             ids.append(worker_id)
@@ -288,6 +291,7 @@ class ActorNetworkRunner:
         if not self._same_data(worker_id, actor, info):
             return
         self.workers[worker_id] = WorkerHandle(worker_id, actor, info.get("node_id"))
+        self._worker_hosts[worker_id] = str(info.get("ip") or info.get("host"))
         self.tracker.add_worker(worker_id, info)
         self._say(f"worker {worker_id} joined from {info.get('host', '?')} ({info.get('ip', '?')})")
 
@@ -760,6 +764,26 @@ class ActorNetworkRunner:
         except Exception:  # best effort: the run itself is over
             pass
         self.mailbox = None
+
+    def jobs_by_host(self) -> dict[str, int]:
+        """Jobs trained per machine (its address), over the whole run, dropped workers included."""
+        counts: dict[str, int] = {}
+        for entry in self.history:
+            host = self._worker_hosts.get(entry["worker_id"], "?")
+            counts[host] = counts.get(host, 0) + 1
+        return counts
+
+    def ledger_summary(self) -> list[dict[str, Any]]:
+        """Per phase and epoch: how many mini-batches there were, how many were never trained and
+        how many more than once (a resumed run retrains the round its master lost)."""
+        assert self.conf is not None
+        n_batches = self.train_data.n_batches(self.conf.batch_size)
+        rows = []
+        for (phase, epoch), counts in self.ledger.items():
+            rows.append({"phase": phase, "epoch": epoch, "batches": n_batches,
+                         "missing": sum(1 for i in range(n_batches) if counts.get(i, 0) == 0),
+                         "repeated": sum(1 for c in counts.values() if c > 1)})
+        return rows
 
     @property
     def samples_per_s(self) -> float:

@@ -12,6 +12,7 @@ Ray looks for the token in ``$RAY_AUTH_TOKEN``, then the file ``$RAY_AUTH_TOKEN_
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -77,22 +78,27 @@ def use_token_file(path: str) -> None:
     _forget_cached_token()
 
 
-def check_token(host: str, port: int) -> None:
+def check_token(host: str, port: int, wait_s: float = 60.0) -> None:
     """Ask the engine at host:port to accept this machine's token; fail in one line if it does not."""
     if token_source() is None:
         raise ClusterError(f"This machine has no Ray token, and the master at {host}:{port} requires one; "
                            f"{HOW_TO_SHARE} (the master's is in its ~/.ray/auth_token).")
     from ray._raylet import GcsClient
-    from ray.exceptions import AuthenticationError
+    from ray.exceptions import AuthenticationError, RpcError
 
-    try:
-        GcsClient(address=f"{host}:{port}")
-    except AuthenticationError:
-        raise ClusterError(f"The master at {host}:{port} refused this machine's Ray token (from "
-                           f"{token_source()}): it is not the master's. {HOW_TO_SHARE[0].upper()}{HOW_TO_SHARE[1:]} "
-                           "(the master's is in its ~/.ray/auth_token).") from None
-    except Exception:  # anything else (a slow engine): ray.init reports it in its own words
-        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            GcsClient(address=f"{host}:{port}")
+            return
+        except AuthenticationError:
+            raise ClusterError(f"The master at {host}:{port} refused this machine's Ray token (from "
+                               f"{token_source()}): it is not the master's. {HOW_TO_SHARE[0].upper()}"
+                               f"{HOW_TO_SHARE[1:]} (the master's is in its ~/.ray/auth_token).") from None
+        except RpcError:  # a head still starting: its port is open, its services not yet
+            if time.monotonic() > deadline:
+                return  # joining reports it in its own words
+            time.sleep(1.0)
 
 
 def _forget_cached_token() -> None:

@@ -146,7 +146,7 @@ def format_status(snapshot: dict[str, Any], now: float | None = None) -> str:
         rows.append(
             [
                 wid,
-                str(w.get("info", {}).get("host", "-")),
+                _host(w.get("info", {})),
                 "yes" if w.get("enabled") else "no",
                 f"{_duration(since)} ago" if since is not None else "never",
                 job_text,
@@ -165,3 +165,11 @@ def format_status(snapshot: dict[str, Any], now: float | None = None) -> str:
         f"jobs: {snapshot.get('pending_jobs', 0)} pending, {snapshot.get('in_flight_jobs', 0)} in flight"
     )
     return "\n".join(lines)
+
+
+def _host(info: dict[str, Any]) -> str:
+    """'name (address)': machines behind one name (containers, namespaces) differ by address."""
+    name, address = info.get("host"), info.get("ip")
+    if name and address and name != address:
+        return f"{name} ({address})"
+    return str(name or address or "-")
