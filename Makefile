@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages: the Fashion-MNIST files (the main job's data); Redis and ZooKeeper, which the
-# cluster tests start themselves on free loopback ports (`make run` needs no server).
-APT_PACKAGES := dataset-fashion-mnist redis-server zookeeper
+# cluster tests start themselves on free loopback ports (`make run` needs no server); iproute2
+# (ip, tc, ss) for the tests and benchmark that make hosts of network namespaces.
+APT_PACKAGES := dataset-fashion-mnist redis-server zookeeper iproute2
 
 .PHONY: setup system-packages run test lint bench clean
 
@@ -35,6 +36,7 @@ bench: setup
 	$(BIN)/python bench/bench_single.py --accuracy
 	$(BIN)/python bench/bench_rbm.py
 	$(BIN)/python bench/bench_distributed.py --dbn
+	$(BIN)/python bench/bench_hosts.py  # root only: hosts made of network namespaces
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache

@@ -156,8 +156,15 @@ class Network:
 
     def bytes_sent(self, name: str) -> int:
         """Bytes the host has sent on its link so far (its interface's counter)."""
+        return self._counter(name, "tx_bytes")
+
+    def bytes_received(self, name: str) -> int:
+        """Bytes the host has received on its link so far."""
+        return self._counter(name, "rx_bytes")
+
+    def _counter(self, name: str, counter: str) -> int:
         host = self.hosts[name]
-        done = subprocess.run(["ip", "netns", "exec", host.ns, "cat", f"/sys/class/net/{host.veth}/statistics/tx_bytes"],
+        done = subprocess.run(["ip", "netns", "exec", host.ns, "cat", f"/sys/class/net/{host.veth}/statistics/{counter}"],
                               capture_output=True, text=True)
         return int(done.stdout.strip() or 0)
 

@@ -196,13 +196,19 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     else:
         from deepgrid.distributed.runner import ActorNetworkRunner
 
-        with ActorNetworkRunner("master", train_data, progress=log) as runner:
+        with ActorNetworkRunner("master", master_data(conf, train_data), progress=log) as runner:
             runner.setup(conf, resume=args.resume)
             log(f"deepgrid: training {conf.model} ({runner.model.n_params:,} parameters) on "
                 f"{len(runner.train_data):,} examples with {len(runner.workers)} workers")
             model = runner.train()
             workers, samples_per_s, elapsed = len(runner.workers), runner.samples_per_s, runner.train_seconds
     return report(model, conf, test_data, output, workers, samples_per_s, elapsed, runner)
+
+
+def master_data(conf: Any, train_data: Any) -> Any:
+    """What the master hands its runner: the loaded data, or None with ``data_feed: files``, where
+    the runner and every worker read the Conf's files themselves (and compare checksums)."""
+    return None if conf.data_feed == "files" else train_data
 
 
 def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, samples_per_s: float,
@@ -222,7 +228,8 @@ def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, sa
         "output": str(output),
         # Distributed runs: jobs per machine, and per phase and epoch the mini-batches never
         # trained or trained twice (the ledger).
-        **({"jobs_by_host": runner.jobs_by_host(), "ledger": runner.ledger_summary()} if runner else {}),
+        **({"rounds": runner.round, "jobs_by_host": runner.jobs_by_host(), "ledger": runner.ledger_summary()}
+           if runner else {}),
     }
 
 
@@ -276,9 +283,11 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
         f"deepgrid worker -ad {head.address} -a {conf.model}")
     try:
         publish_master(args, conf, head.address)
-        with ActorNetworkRunner("master", train_data, progress=log) as runner:
+        with ActorNetworkRunner("master", master_data(conf, train_data), progress=log) as runner:
             runner.setup(conf, resume=args.resume, local_workers=args.workers, accept_workers=True)
             runner.wait_for_workers(args.min_workers, hint=f"Start one with: deepgrid worker -ad {head.address} -a {conf.model}")
+            log(f"deepgrid: training {conf.model} ({runner.model.n_params:,} parameters) on "
+                f"{len(runner.train_data):,} examples with {len(runner.workers)} workers")
             model = runner.train()
             workers, samples_per_s, elapsed = len(runner.workers), runner.samples_per_s, runner.train_seconds
     finally:

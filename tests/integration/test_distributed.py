@@ -321,3 +321,14 @@ def test_a_worker_past_the_deadline_gets_no_job_until_its_call_ends(tmp_path) ->
         assert runner_ledger(runner, epoch) == {i: 1 for i in range(TRAIN.n_batches(16))}
     assert len(runner.tracker_snapshot["workers"]) == 2  # a slow worker is kept (disabled while busy)
     assert model.score(TEST.x, TEST.y) > 0.9
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(workers=100), "100 workers with threads_per_worker 1 need 100 CPUs"),
+    (dict(workers=3, threads_per_worker=2), "3 workers with threads_per_worker 2 need 6 CPUs"),
+])
+def test_workers_that_cannot_be_placed_are_refused_up_front(changes, fragment) -> None:
+    """Issue 8, defect 4: Ray would wait for room forever (then a traceback after 300 s)."""
+    with pytest.raises(ConfigError, match=fragment) as caught:
+        run(conf(**changes))
+    assert "use workers:" in str(caught.value) and "\n" not in str(caught.value)

@@ -26,6 +26,24 @@ from deepgrid.distributed import engine
 from deepgrid.errors import ClusterError
 
 MAILBOX_NAME = "deepgrid-master"
+# Ray's settings for a training cluster on a LAN, given to every node it starts (each can be
+# overridden from the environment). Ray's defaults take a minute or more to give up on a
+# machine that is cut off, and until then it keeps the machine's actors "alive" and keeps
+# pulling objects (the training data) from it, so that a new machine waits that long to join.
+RAY_SETTINGS = {
+    "RAY_health_check_period_ms": "1000",  # a lost node is declared dead after ~5 failed checks
+    "RAY_health_check_timeout_ms": "2000",
+    "RAY_health_check_failure_threshold": "5",
+    "RAY_object_manager_pull_timeout_ms": "2000",  # try another copy of an object after 2 s
+}
+
+
+def ray_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Ray node deepgrid starts: ``env`` (default: ours) plus RAY_SETTINGS."""
+    merged = dict(os.environ if env is None else env)
+    for name, value in RAY_SETTINGS.items():
+        merged.setdefault(name, value)
+    return merged
 HEAD_START_TIMEOUT_S = 60.0
 
 
@@ -111,7 +129,7 @@ def start_head(bind: str, port: int, num_cpus: int, log_path: str) -> HeadProces
     with socket.socket() as probe:
         if probe.connect_ex((bind, port)) == 0:
             raise ClusterError(f"Port {port} on {bind} is already in use; pick another with --port.")
-    env = dict(os.environ)
+    env = ray_env()
     if engine.is_loopback(bind):
         env[engine.LOOPBACK_ENV] = "0"  # keep every Ray process on loopback
     command = [ray_executable(), "start", "--head", "--block", "--node-ip-address", bind, "--port", str(port),

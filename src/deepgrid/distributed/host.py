@@ -116,7 +116,7 @@ class WorkerNode:
             raise ClusterError(f"The master's engine at {master} has no node on {ip}, and a node on loopback "
                                "cannot join it; start the worker on the master's machine with -ad 127.0.0.1, "
                                "or give the master a network address (deepgrid master --bind ADDR).")
-        from deepgrid.distributed.cluster import ray_executable
+        from deepgrid.distributed.cluster import ray_env, ray_executable
 
         command = [ray_executable(), "start", "--block", "--address", master, "--node-ip-address", ip,
                    "--num-cpus", str(cpus), "--resources", json.dumps({EXTERNAL_RESOURCE: cpus}),
@@ -125,7 +125,7 @@ class WorkerNode:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True, preexec_fn=_die_with_parent)
+                                       env=ray_env(), start_new_session=True, preexec_fn=_die_with_parent)
         node = cls(ip, process, log_path)
         deadline = time.monotonic() + NODE_START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -203,14 +203,13 @@ def join_master(address: str, algorithm: str | None, count: int | None, *, bind:
         node.stop()
 
 
-def node_cpus(node_id: str) -> float:
-    """CPUs a node offers in all."""
+def node_resources(node_id: str) -> dict[str, float]:
+    """What a node offers in all. (What is free now would be stale for a while after actors end,
+    and refusing on it would refuse runs that fit: only what can never fit is refused.)"""
     import ray
 
-    for node in ray.nodes():
-        if node["NodeID"] == node_id:
-            return float(node.get("Resources", {}).get("CPU", 0))
-    return 0.0
+    resources = next((n.get("Resources", {}) for n in ray.nodes() if n["NodeID"] == node_id), {})
+    return {name: float(value) for name, value in resources.items()}
 
 
 def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | None, node_id: str,
@@ -226,18 +225,18 @@ def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | N
 
     try:
         job = ray.get(mailbox.describe.remote(), timeout=30)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+        say(f"deepgrid: the master's mailbox does not answer ({_first_line(e)})")
         return None
     if wanted and wanted != job["algorithm"]:
         raise ClusterError(f"This worker was started for algorithm {wanted!r} but the master at {address} "
                            f"trains {job['algorithm']!r} (job {job['job_name']!r}); start it with -a {job['algorithm']}.")
     threads = int(job["threads"])
-    cpus = node_cpus(node_id)
+    cpus = node_resources(node_id).get("CPU", 0.0)
     count = count or max(1, int(cpus // threads))
     if count * threads > cpus:
         raise ConfigError(f"--workers {count} with threads_per_worker {threads} needs {count * threads} CPUs, "
-                          f"but this machine's node offers {cpus:g}; pass --workers {max(1, int(cpus // threads))} "
-                          "or fewer.")
+                          f"but this machine's node offers {cpus:g}; pass --workers {max(1, int(cpus // threads))} or fewer.")
     options: dict[str, Any] = {"num_cpus": threads,
                                "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
     if job["device"] == "cuda":
@@ -273,7 +272,8 @@ def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | N
                 mailbox.acknowledge.remote(process)
                 break
             time.sleep(0.5)
-    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as e:
+        say(f"deepgrid: lost the master ({_first_line(e)})")
         for _, actor in actors:  # they served the master that went away; a new one gets new actors
             ray.kill(actor)
         return None
@@ -283,3 +283,8 @@ def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | N
         raise
     say(f"deepgrid: the master's run ended ({status}); worker exiting")
     return {"workers": count, "job": job["job_name"], "algorithm": job["algorithm"], "master_status": status}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:300]

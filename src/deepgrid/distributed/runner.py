@@ -36,6 +36,7 @@ from deepgrid.config.conf import Conf
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.mnist import training_split
 from deepgrid.distributed import engine
+from deepgrid.distributed.host import EXTERNAL_RESOURCE
 from deepgrid.distributed.policy import Failure, FailureKind, FailurePolicy
 from deepgrid.distributed.worker import build_named_model, remote_worker_class
 from deepgrid.errors import ClusterError, ConfigError, DataError
@@ -438,10 +439,10 @@ class ActorNetworkRunner:
             self.accept_joined()
         if not self.workers:
             raise ClusterError("No live workers are left; the last checkpoint is kept. Start workers and --resume.")
-        self._end_overruns()
+        self._watch_overruns()
         free = [(worker_id, handle) for worker_id, handle in self.workers.items() if handle.overrun is None]
         if not free:  # every worker is still busy with an overrun job: wait for one, count no round
-            self._wait_for_overruns()
+            self._watch_overruns(wait_s=PING_EVERY_S)
             return []
         params_ref = ray.put(self.params)  # one copy in the object store, read by every worker
         calls: dict[Any, tuple[str, Job]] = {}
@@ -483,7 +484,8 @@ class ActorNetworkRunner:
                 seen[worker_id] = time.monotonic()
                 try:
                     result = ray.get(ref)
-                except ray.exceptions.RayActorError as e:
+                except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
+                    # ObjectLostError: the job's result was on the worker's machine, gone before we read it.
                     self._failure(Failure(worker_id, FailureKind.DIED, job, _first_line(e)))
                     continue
                 except ray.exceptions.RayTaskError as e:
@@ -586,7 +588,7 @@ class ActorNetworkRunner:
                 continue
             try:
                 ray.get(handle.overrun)
-            except ray.exceptions.RayActorError as e:
+            except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError) as e:
                 self._failure(Failure(worker_id, FailureKind.DIED, None, _first_line(e)))
                 continue
             except ray.exceptions.RayError:
@@ -596,18 +598,21 @@ class ActorNetworkRunner:
             self.tracker.set_enabled(worker_id, True)
             self._say(f"deepgrid: worker {worker_id} finished its overrun job and gets jobs again")
 
-    def _wait_for_overruns(self) -> None:
-        """Every worker is busy with an overrun call: wait (briefly) for one to end, and drop a
-        worker that stops answering heartbeats meanwhile (hung, stopped, cut off)."""
+    def _watch_overruns(self, wait_s: float = 0.0) -> None:
+        """Ping the workers busy with an overrun call and drop one silent for ``heartbeat_timeout_s``
+        (hung, stopped, cut off: Ray may take a minute to declare its node dead). ``wait_s``: how
+        long to wait for one of them to answer or finish, when no other worker is free."""
         import ray
 
         assert self.conf is not None
         busy = [h for h in self.workers.values() if h.overrun is not None]
+        if not busy:
+            return
         for handle in busy:
             if handle.overrun_ping is None:
                 handle.overrun_ping = handle.actor.ping.remote()
-        refs = [h.overrun for h in busy] + [h.overrun_ping for h in busy]
-        ray.wait(refs, num_returns=1, timeout=PING_EVERY_S)
+        if wait_s > 0:
+            ray.wait([h.overrun for h in busy] + [h.overrun_ping for h in busy], num_returns=1, timeout=wait_s)
         now = time.monotonic()
         for handle in busy:
             if ray.wait([handle.overrun_ping], timeout=0)[0]:
@@ -682,13 +687,22 @@ class ActorNetworkRunner:
                 continue
             self._known_nodes.add(node_id)
             resources = node.get("Resources", {})
-            if resources.get("deepgrid_external"):  # a `deepgrid worker` node brings its own actors
+            if resources.get(EXTERNAL_RESOURCE):  # a `deepgrid worker` node brings its own actors
                 continue
             assert self.conf is not None
+            address = node.get("NodeManagerAddress")
             count = int(resources.get("CPU", 0) // self.conf.threads_per_worker)
-            if count > 0:
-                self._say(f"node {node.get('NodeManagerAddress')} joined: starting {count} worker(s) on it")
+            if self.conf.device == "cuda":
+                count = min(count, int(resources.get("GPU", 0)))
+            if count <= 0:
+                self._say(f"deepgrid: node {address} joined but cannot host a worker ({resources.get('CPU', 0):g} "
+                          f"CPUs, {resources.get('GPU', 0):g} GPUs); skipped")
+                continue
+            self._say(f"node {address} joined: starting {count} worker(s) on it")
+            try:
                 self._start_workers(count, node_id)
+            except (ray.exceptions.RayError, ConfigError, DataError) as e:  # the run goes on without it
+                self._say(f"deepgrid: node {address} joined but its workers did not start ({_first_line(e)}); skipped")
 
     # -- checkpoints and status -------------------------------------------------------
     def _commit(self) -> None:
@@ -855,9 +869,9 @@ def as_dataset(iterator: Any, conf: Conf) -> ArrayDataset:
 
 def check_room(count: int, threads: int, device: str, node_id: str) -> None:
     """The master's own workers must fit on its node: Ray would otherwise wait for room forever."""
-    import ray
+    from deepgrid.distributed.host import node_resources
 
-    resources = next((n.get("Resources", {}) for n in ray.nodes() if n["NodeID"] == node_id), {})
+    resources = node_resources(node_id)
     cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
     if count * threads > cpus:
         fit = max(int(cpus // threads), 0)

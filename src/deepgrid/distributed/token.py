@@ -40,8 +40,20 @@ def token_source() -> str | None:
         return None
 
 
+def require_token_auth() -> None:
+    """Refuse a Ray too old to authenticate (before 2.52): it would run the cluster open."""
+    try:
+        import ray._private.authentication.authentication_token_generator  # noqa: F401
+    except ImportError:
+        import ray
+
+        raise ClusterError(f"Ray {ray.__version__} has no token authentication, so its cluster would be open to "
+                           "anyone on the network; install Ray 2.52 or later: pip install 'ray[default]>=2.52'.") from None
+
+
 def ensure_token(say: Callable[[str], None]) -> str:
     """A master's token: the one this machine has, or a new one (mode 0600). Says where it is."""
+    require_token_auth()
     source = token_source()
     if source is not None:
         say(f"deepgrid: cluster traffic is authenticated with the Ray token from {source}; {HOW_TO_SHARE}")
@@ -80,6 +92,7 @@ def use_token_file(path: str) -> None:
 
 def check_token(host: str, port: int, wait_s: float = 60.0) -> None:
     """Ask the engine at host:port to accept this machine's token; fail in one line if it does not."""
+    require_token_auth()
     if token_source() is None:
         raise ClusterError(f"This machine has no Ray token, and the master at {host}:{port} requires one; "
                            f"{HOW_TO_SHARE} (the master's is in its ~/.ray/auth_token).")

@@ -68,7 +68,8 @@ def read_status(path: Path) -> dict[str, Any]:
         known = f"runs recorded there: {', '.join(names)}" if names else "no runs are recorded there yet"
         raise ConfigError(
             f"No run named {path.parent.name!r} is recorded under {runs_dir} ({known}); "
-            "start one with `deepgrid train`, or pass the job name of a recorded run."
+            "start one with `deepgrid train`, pass the job name of a recorded run, or, for a run whose "
+            "master is on another machine, read it from its Redis with --state redis://HOST:6379/0."
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
