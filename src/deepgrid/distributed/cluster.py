@@ -34,7 +34,9 @@ RAY_SETTINGS = {
     "RAY_health_check_period_ms": "1000",  # a lost node is declared dead after ~5 failed checks
     "RAY_health_check_timeout_ms": "2000",
     "RAY_health_check_failure_threshold": "5",
-    "RAY_object_manager_pull_timeout_ms": "2000",  # try another copy of an object after 2 s
+    # Ray's 10 s is shorter than a transfer of the training set on a slow link (188 MB take 15 s
+    # at 100 Mbit/s): it then fetched the whole set again, twice or three times, measured.
+    "RAY_object_manager_pull_timeout_ms": "120000",
 }
 
 
