@@ -14,6 +14,7 @@ from deepgrid import Conf, ConfigError, DataError, ModelError
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner, weighted_mean
+from deepgrid.errors import ClusterError
 from deepgrid.models.mlp import MLP
 from deepgrid.state.status import read_status, status_path
 from deepgrid.train.loop import fit
@@ -332,3 +333,20 @@ def test_workers_that_cannot_be_placed_are_refused_up_front(changes, fragment) -
     with pytest.raises(ConfigError, match=fragment) as caught:
         run(conf(**changes))
     assert "use workers:" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_round_that_can_hand_out_no_job_stops_instead_of_looping() -> None:
+    """Issue 8, defect 7: pending jobs that the tracker will not hand out (an inconsistent state,
+    e.g. another master on the same job name) end the run with one line, not an endless loop."""
+    rounds_after: list[int] = []
+
+    def break_the_tracker(runner: ActorNetworkRunner) -> None:
+        if runner.round == 3:
+            runner.tracker.claim_job = lambda worker_id: None  # type: ignore[method-assign]
+        if runner.round > 3:
+            rounds_after.append(runner.round)
+            if len(rounds_after) > 100:  # the old behaviour: empty rounds for ever
+                raise AssertionError("the master kept running rounds that handed out no job")
+
+    with pytest.raises(ClusterError, match="handed none"):
+        run(conf(workers=2), on_round=break_the_tracker)
