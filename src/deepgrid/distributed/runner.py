@@ -464,11 +464,15 @@ class ActorNetworkRunner:
         pending = list(calls)
         pings: dict[Any, str] = {}  # heartbeat calls in flight -> worker
         seen = {worker_id: started for worker_id, _ in calls.values()}  # last sign of life of each
+        # The deadline counts from `since`: the round's start, moved on by any time the master was held up.
+        since = looked = started  # looked: when the master last came back from waiting on the workers
         while pending:
-            remaining = deadline - (time.monotonic() - started)
+            since, looked = self._discount_held_up(since, looked, seen)
+            remaining = deadline - (time.monotonic() - since)
             if remaining <= 0:
                 break
             ready, _ = ray.wait(pending + list(pings), num_returns=1, timeout=min(remaining, PING_EVERY_S))
+            looked = time.monotonic()
             for ref in ready:
                 if ref in pings:  # a heartbeat: the worker answers while it trains
                     worker_id = pings.pop(ref)
@@ -508,6 +512,7 @@ class ActorNetworkRunner:
                     ref = self._pull_another(worker_id, pending, calls, call_started)
                     if ref is not None:
                         pending.append(ref)
+            since, looked = self._discount_held_up(since, looked, seen)
             pending = self._check_heartbeats(pending, calls, pings, seen)
         for ref in pending:  # past the deadline: the job moves on, the worker may stay
             worker_id, job = calls[ref]
@@ -555,6 +560,24 @@ class ActorNetworkRunner:
             step += momentum * self._block_step
         self._block_step = step
         return (self.params + step).astype(np.float32) if momentum > 0 else mean
+
+    def _discount_held_up(self, since: float, looked: float, seen: dict[str, float]) -> tuple[float, float]:
+        """Time since ``looked`` that the master spent held up in its own work rather than watching
+        the workers (a tracker call retrying through a Redis outage; bookkeeping takes milliseconds)
+        counts neither against the round's deadline nor as anyone's silence: the time the deadline
+        counts from (``since``) and each worker's last sign of life move on by as much, so the
+        results and heartbeats that came in meanwhile are read before a worker is judged late or
+        silent. Returns the new ``since`` and the time to measure from next."""
+        now = time.monotonic()
+        held = now - looked
+        if held > PING_EVERY_S:
+            since += held
+            for worker_id in seen:
+                seen[worker_id] = min(seen[worker_id] + held, now)
+            for handle in self.workers.values():
+                if handle.overrun is not None:
+                    handle.last_seen = min(handle.last_seen + held, now)
+        return since, now
 
     def _check_heartbeats(self, pending: list[Any], calls: dict[Any, tuple[str, Job]], pings: dict[Any, str],
                           seen: dict[str, float]) -> list[Any]:
