@@ -35,8 +35,10 @@ RAY_SETTINGS = {
     "RAY_health_check_timeout_ms": "2000",
     "RAY_health_check_failure_threshold": "5",
     # Ray's 10 s is shorter than a transfer of the training set on a slow link (188 MB take 15 s
-    # at 100 Mbit/s): it then fetched the whole set again, twice or three times, measured.
-    "RAY_object_manager_pull_timeout_ms": "120000",
+    # at 100 Mbit/s): it then fetched the whole set again, twice or three times, measured. Not
+    # much longer either: a pull from a machine that was cut off waits this long before Ray tries
+    # another copy, and a machine joining meanwhile waits with it (120 s: seen over 2 minutes).
+    "RAY_object_manager_pull_timeout_ms": "30000",
 }
 
 
