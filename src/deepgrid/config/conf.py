@@ -44,6 +44,7 @@ RULES: dict[str, Rule] = {
     "workers": Rule("opt_int", low=1),
     "averaging_frequency": POSITIVE_INT,
     "block_momentum": Rule("opt_float", low=0, high=0.99),
+    "pull_jobs": Rule("bool"),
     "data_feed": Rule("choice", choices=("object_store", "files")),
     "device": Rule("choice", choices=("cpu", "cuda")),
     "threads_per_worker": POSITIVE_INT,
@@ -95,6 +96,10 @@ class Conf:
     # (0 for one worker), 0: plain averaging. Measured (bench_distributed.py, MLP, 2 workers, 2
     # epochs): test accuracy 0.8538 -> 0.8564 at K = 100 and 0.8438 -> 0.8618 at K = 50.
     block_momentum: float | None = None
+    # A worker that is done while a slower one will be busy for longer than its own next job takes
+    # that job in the same round (so a straggler holds nobody up). False: one job per worker per
+    # round, the same split whatever the timing (the same seed then gives the same parameters).
+    pull_jobs: bool = True
     # "object_store": the master puts the data into Ray's object store once and workers map it
     # (zero-copy on one machine); "files": each worker reads the data files from its own disk.
     data_feed: str = "object_store"

@@ -459,7 +459,7 @@ class ActorNetworkRunner:
         call_started = dict.fromkeys(calls, started)
         deadline = self._deadline()
         results: list[dict[str, Any]] = []  # every job's result, for the losses and the history
-        latest: dict[str, dict[str, Any]] = {}  # each worker's last result: the parameters to average
+        latest: dict[str, tuple[int, dict[str, Any]]] = {}  # each worker's last job index and result
         samples: dict[str, int] = {}  # samples each worker trained this round: its weight in the mean
         pending = list(calls)
         pings: dict[Any, str] = {}  # heartbeat calls in flight -> worker
@@ -501,7 +501,7 @@ class ActorNetworkRunner:
                     continue
                 if tracker.complete_job(worker_id, result["job_id"], result["n_samples"], result["loss"]):
                     results.append(result)
-                    latest[worker_id] = result
+                    latest[worker_id] = (job.index, result)
                     samples[worker_id] = samples.get(worker_id, 0) + result["n_samples"]
                     self._batch_seconds[worker_id] = result["seconds"] / job.n_batches
                     self.history.append({"round": self.round + 1, "worker_id": worker_id, "job_id": job.id,
@@ -526,7 +526,10 @@ class ActorNetworkRunner:
                 handle.overrun, handle.last_seen = ref, seen.get(worker_id, time.monotonic())
                 tracker.set_enabled(worker_id, False)
         if latest:
-            mean = weighted_mean([r["params"] for r in latest.values()], [samples[w] for w in latest])
+            # Summed in job order, not arrival order: float sums depend on their order, and the
+            # same seed must give the same parameters however the results raced in.
+            order = sorted(latest, key=lambda w: latest[w][0])
+            mean = weighted_mean([latest[w][1]["params"] for w in order], [samples[w] for w in order])
             self.params = self._block_update(mean, len(latest))
         self.round += 1
         n = sum(r["n_samples"] for r in results)
@@ -652,7 +655,8 @@ class ActorNetworkRunner:
         longer than that job; return its call, or None. Unknown speeds never pull."""
         tracker, handle = self.tracker, self.workers.get(worker_id)
         own = self._batch_seconds.get(worker_id)
-        if tracker is None or handle is None or own is None or not pending or not tracker.pending_jobs():
+        if (tracker is None or handle is None or own is None or not pending or not tracker.pending_jobs()
+                or (self.conf is not None and not self.conf.pull_jobs)):
             return None
         now = time.monotonic()
         busy_for = 0.0  # how long the slowest in-flight job still needs, by its worker's past speed
