@@ -22,16 +22,11 @@ import pytest
 from deepgrid.config.conf import Conf
 from deepgrid.errors import ClusterError, ConfigError
 from deepgrid.state import Job, tracker_from_url
-from deepgrid.state.redis import (
-    PASSWORD_ENV,
-    PASSWORD_FILE_ENV,
-    RedisAddress,
-    RedisStateTracker,
-    parse_redis_url,
-)
+from deepgrid.state.redis import RedisStateTracker
+from deepgrid.state.redis_address import PASSWORD_ENV, PASSWORD_FILE_ENV, RedisAddress, parse_redis_url
 from tests.redis_server import PASSWORD, RedisServer, free_port, require_redis_server
 
-LOGGER = "deepgrid.state.redis"
+LOGGER = "deepgrid.state.redis"  # every module of the tracker logs under this one name
 
 
 @pytest.fixture(scope="module")
@@ -156,13 +151,13 @@ def test_an_infinite_retry_timeout_is_refused_by_the_tracker_too(server, job_nam
 ])
 def test_an_exposed_redis_is_warned_about_once(url, warns, caplog, monkeypatch):
     """Issue 8, defect 6: a Redis across the network with neither TLS nor a password is warned about, once."""
-    import deepgrid.state.redis as redis_module
+    import deepgrid.state.redis_address as address_module
 
-    monkeypatch.setattr(redis_module, "_warned_exposed", set())
+    monkeypatch.setattr(address_module, "_warned_exposed", set())
     where = parse_redis_url(url, env={})
     with caplog.at_level(logging.WARNING, logger=LOGGER):
-        redis_module.warn_if_exposed(where)
-        redis_module.warn_if_exposed(where)
+        address_module.warn_if_exposed(where)
+        address_module.warn_if_exposed(where)
     warnings = [r.getMessage() for r in caplog.records if "without TLS and without a password" in r.getMessage()]
     assert len(warnings) == (1 if warns else 0), warnings
     if warns:
@@ -252,7 +247,7 @@ def test_unreachable_redis_fails_soon_naming_the_address(job_name):
 
 
 def test_unreachable_redis_default_budget_is_under_30_s():
-    from deepgrid.state import redis as module
+    from deepgrid.state import redis_connection as module
 
     # The start-up budget plus one connect timeout: how long the worst case takes.
     assert module.STARTUP_TIMEOUT_S + module.CONNECT_TIMEOUT_S < 30
@@ -388,7 +383,7 @@ def test_a_resumed_master_takes_over_once_a_killed_masters_lease_runs_out(server
     try:
         assert set(resumed.workers()) == {"w1"} and resumed.pending_jobs() == 3  # carried on, not purged
         with server.client() as r:
-            assert r.get(f"deepgrid:{job_name}:lease") == resumed._lease_token
+            assert r.get(f"deepgrid:{job_name}:lease") == resumed._lease.token
     finally:
         resumed.purge()
         resumed.close()
