@@ -21,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import deepgrid.checkpoint as checkpoint
+import deepgrid.checkpoint.writer as checkpoint_writer
+import deepgrid.models.files as model_files
 
 STALL_S = 3600.0
 
 
 def install(marker: Path, from_round: int) -> None:
-    real_save, real_write = checkpoint.save_model_files, checkpoint.atomic_write
+    # Patched where they are called: the writer saves a model's files, which writes them atomically.
+    real_save, real_write = checkpoint_writer.save_model_files, model_files.atomic_write
     writing: dict[str, Any] = {}  # the checkpoint being written (only the writer thread writes them)
 
     def save_model_files(model: Any, directory: Path, extra: dict[str, Any]) -> Path:
@@ -46,8 +49,8 @@ def install(marker: Path, from_round: int) -> None:
             time.sleep(STALL_S)  # the weights are written, model.json is not: SIGKILL comes now
         real_write(path, write)
 
-    checkpoint.save_model_files = save_model_files
-    checkpoint.atomic_write = atomic_write
+    checkpoint_writer.save_model_files = save_model_files
+    model_files.atomic_write = atomic_write
 
 
 if __name__ == "__main__":

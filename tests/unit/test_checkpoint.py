@@ -189,7 +189,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_failed_save_keeps_the_previous_model(saved, monkeypatch):
-    import deepgrid.checkpoint as checkpoint
+    import deepgrid.models.files as model_files
 
     before = Model.load(saved).get_flat_params()
 
@@ -197,7 +197,7 @@ def test_failed_save_keeps_the_previous_model(saved, monkeypatch):
         Path(path).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint, "save_file", broken_save_file)
+    monkeypatch.setattr(model_files, "save_file", broken_save_file)
     with pytest.raises(OSError):
         MLP(n_in=20, hidden_layer_sizes=(8,), seed=9).save(saved)
     np.testing.assert_array_equal(Model.load(saved).get_flat_params(), before)
@@ -268,8 +268,6 @@ def test_resume_loads_the_newest_run_whole(tmp_path):
 def test_the_same_round_saved_again_never_leaves_no_checkpoint(tmp_path, monkeypatch):
     """Defect 5: the same-round re-save removed the target before renaming its replacement in; a
     crash in between (here: the rename fails) left no checkpoint at all with keep_checkpoints: 1."""
-    import deepgrid.checkpoint as checkpoint
-
     ckpt = tmp_path / "ckpt"
     model = small_mlp()
     model.set_flat_params(params_of(7))
@@ -281,10 +279,10 @@ def test_the_same_round_saved_again_never_leaves_no_checkpoint(tmp_path, monkeyp
             raise OSError("killed before the rename")
         real_replace(src, dst)
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash_on_checkpoint_rename)
+    monkeypatch.setattr(os, "replace", crash_on_checkpoint_rename)
     with pytest.raises(OSError, match="killed"):
         save_checkpoint(ckpt, model, run_meta(7, status="done"), keep=1)
-    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     restored, meta = load_latest_checkpoint(ckpt)
     assert meta["round"] == 7
     np.testing.assert_array_equal(restored.get_flat_params(), params_of(7))
@@ -325,7 +323,7 @@ def test_a_checkpoint_is_fsynced_before_it_counts_and_before_older_ones_go(tmp_p
         synced.append((os.readlink(f"/proc/self/fd/{fd}"), first.exists()))
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", record)
+    monkeypatch.setattr(os, "fsync", record)
     target = save_checkpoint(ckpt, model, run_meta(2), keep=1, tensors={"block_step": np.zeros(3, dtype=np.float32)})
     paths = [Path(p).name for p, _ in synced]
     for name in (WEIGHTS_FILE, CONFIG_FILE, checkpoint.RUN_STATE_FILE):

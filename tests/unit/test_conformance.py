@@ -20,6 +20,7 @@ from deepgrid.errors import ModelError
 from deepgrid.models import registry
 from deepgrid.models.base import FINETUNE, Model, StepResult
 from deepgrid.models.module import TorchModel
+from deepgrid.train.loop import fit
 
 SMALL = {"n_in": 64, "n_out": 10, "hidden_layer_sizes": (32, 16), "seed": 5}
 NETWORK = {
@@ -187,7 +188,7 @@ def test_torch_model_trains_saves_and_loads(tmp_path, make_class_data):
     model = TorchModel(user_module(), n_in=64, optimizer="adam", finetune_lr=0.01)
     x, y = make_class_data(320, 64, seed=3)
     before = model.score(x, y)
-    model.fit(x.numpy(), y.numpy(), epochs=5, batch_size=32)
+    fit(model, x.numpy(), y.numpy(), epochs=5, batch_size=32)
     after = model.score(x, y)
     assert after > max(before, 0.5)
     model.save(tmp_path / "m")

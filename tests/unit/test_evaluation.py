@@ -10,7 +10,8 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from deepgrid.errors import DataError
-from deepgrid.train.evaluation import FASHION_MNIST_LABELS, MNIST_LABELS, Evaluation
+from deepgrid.models.evaluation import Evaluation
+from deepgrid.train.evaluation import FASHION_MNIST_LABELS, MNIST_LABELS
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -151,10 +151,12 @@ def test_batch_larger_than_data_raises(small_dataset):
         fit(MLP(**SMALL), small_dataset, epochs=1, batch_size=len(small_dataset) + 1)
 
 
-def test_model_fit_takes_numpy(make_class_data):
+def test_fit_takes_numpy(make_class_data):
+    """fit(model, x, y): what Model.fit did before training moved out of the models layer."""
     x, y = make_class_data(128, 64)
-    model = MLP(**SMALL).fit(x.numpy(), y.numpy(), epochs=1, batch_size=32)
-    assert isinstance(model, MLP)
+    assert fit(MLP(**SMALL), x.numpy(), y.numpy(), epochs=1, batch_size=32).samples == 128
+    with pytest.raises(DataError, match="holds its labels"):
+        fit(MLP(**SMALL), ArrayDataset(x, y), y.numpy(), epochs=1, batch_size=32)
 
 
 def test_same_seed_same_parameters_when_built_together(small_dataset):

@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
+from deepgrid.config.model_names import check_model_name
 from deepgrid.config.network import NeuralNetConfiguration
+from deepgrid.config.secrets import mask_secrets, public_conf
 from deepgrid.config.validation import (
     NON_NEGATIVE_INT,
     POSITIVE_INT,
@@ -61,11 +63,6 @@ RULES: dict[str, Rule] = {
     "round_deadline_s": Rule("float", low=1),
 }
 
-# URLs may carry a password (redis://:secret@host); never print it. The password runs to the last
-# '@' of the URL (a password may hold '@' or '/'), so the match is greedy up to whitespace.
-_SECRET_IN_URL = re.compile(r"(://[^:/@\s]*:)(\S+)(@)")
-# The fields that hold URLs, which may carry a password: masked wherever a Conf is shown or stored.
-URL_FIELDS = ("state_url", "registry_url", "engine_address")
 # A job name becomes a directory name (runs/<job_name>), a registry entry, a ZooKeeper node and part
 # of every Redis key (and of SCAN patterns): no path separators, no leading dot, no whitespace or
 # control characters, none of Redis's key separator and glob characters.
@@ -128,9 +125,6 @@ class Conf:
             object.__setattr__(self, "network", NeuralNetConfiguration.from_dict(self.network))
         if not isinstance(self.network, NeuralNetConfiguration):
             raise ConfigError(invalid("network", self.network, "a NeuralNetConfiguration or a mapping"))
-        # Deferred import: the model registry imports torch, configs should stay light.
-        from deepgrid.models.registry import check_model_name
-
         object.__setattr__(self, "model", check_model_name(self.model))
         check_job_name(self.job_name)
 
@@ -155,13 +149,7 @@ class Conf:
         from the environment again (see deepgrid.state.redis)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["network"] = self.network.to_dict()
-        if mask_secrets:
-            from deepgrid.state.base import mask_url  # deferred: the state package is not a config dependency
-
-            for name in URL_FIELDS:
-                if isinstance(out[name], str):
-                    out[name] = mask_url(out[name])
-        return out
+        return public_conf(out) if mask_secrets else out
 
     def public_dict(self) -> dict[str, Any]:
         """``to_dict(mask_secrets=True)``: what may be printed or stored at rest."""
@@ -193,11 +181,6 @@ class Conf:
     def describe(self) -> str:
         """The effective configuration as YAML, secrets masked: printed at start."""
         return mask_secrets(yaml.safe_dump(self.public_dict(), sort_keys=False))
-
-
-def mask_secrets(text: str) -> str:
-    """``text`` with every URL's password replaced by ``***`` (up to the URL's last '@')."""
-    return _SECRET_IN_URL.sub(r"\1***\3", text)
 
 
 def check_job_name(name: Any) -> str:

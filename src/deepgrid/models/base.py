@@ -13,7 +13,8 @@ train it, phase by phase. The runtime needs only:
 
 A subclass writes ``build()``, ``forward()`` and ``batch_loss()``, and
 ``phases()``/``phase_parameters()`` when it has more than one phase. Model code
-knows nothing of distribution.
+knows nothing of training loops, run checkpoints or distribution: training a
+model is ``deepgrid.train.loop.fit(model, x, y)``, a layer above.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -32,9 +33,8 @@ from torch import Tensor, nn
 from deepgrid.config.network import NeuralNetConfiguration
 from deepgrid.data.arrays import as_features, as_labels
 from deepgrid.errors import ModelError
-
-if TYPE_CHECKING:
-    from deepgrid.train.evaluation import Evaluation
+from deepgrid.models.evaluation import Evaluation
+from deepgrid.models.files import load_model_files, save_model_files
 
 Batch = tuple[Tensor, Tensor]  # x: (B, n_in) float32, y: (B,) int64
 
@@ -103,7 +103,7 @@ class Model:
     def train_step(self, phase: str, batches: Sequence[Batch]) -> StepResult:
         """Train ``phase`` on ``batches`` in order: the inner reference loop.
 
-        Every path (``fit``, each distributed worker) trains through here.
+        Every path (``deepgrid.train.loop.fit``, each distributed worker) trains through here.
         """
         optimizer = self.optimizer(phase)
         self.module.train()
@@ -169,16 +169,6 @@ class Model:
         return next(self.module.parameters()).device
 
     # -- user-facing ---------------------------------------------------------------
-    def fit(self, x: Any, y: Any = None, *, epochs: int | None = None, batch_size: int = 64,
-            progress: bool = False) -> Model:
-        """Train every phase on (x, y) with the reference loop; returns self."""
-        from deepgrid.data.dataset import ArrayDataset
-        from deepgrid.train.loop import fit
-
-        data = x if isinstance(x, ArrayDataset) else ArrayDataset.from_any(x, y, n_in=self.conf.n_in)
-        fit(self, data, epochs=epochs, batch_size=batch_size, progress=progress)
-        return self
-
     def predict_proba(self, x: Any) -> np.ndarray:
         """Class probabilities, shape (N, n_out)."""
         features = as_features(x, self.conf.n_in)
@@ -200,8 +190,6 @@ class Model:
 
     def evaluate(self, x: Any, y: Any, labels: Sequence[str] | None = None) -> Evaluation:
         """Accuracy, per-class precision/recall/F1 and the confusion matrix (``labels`` name the classes)."""
-        from deepgrid.train.evaluation import Evaluation
-
         return Evaluation.from_predictions(as_labels(y, self.conf.n_out).numpy(), self.predict(x),
                                            n_classes=self.conf.n_out, labels=labels)
 
@@ -211,15 +199,11 @@ class Model:
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``model.json`` and ``weights.safetensors`` into ``directory``."""
-        from deepgrid.checkpoint import save_model_files
-
         return save_model_files(self, Path(directory), extra or {})
 
     @classmethod
     def load(cls, directory: str | Path) -> Model:
         """Load a model saved by ``save``; the class comes from ``model.json``."""
-        from deepgrid.checkpoint import load_model_files
-
         model = load_model_files(Path(directory))
         if cls is not Model and not isinstance(model, cls):
             raise ModelError(f"{directory} holds a {model.name!r} model, not a {cls.name!r} model.")

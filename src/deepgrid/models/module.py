@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from deepgrid.config.network import NeuralNetConfiguration
 from deepgrid.models.base import Model
+from deepgrid.models.files import USER_MODULE, load_model_files, network_from_meta, read_model_meta
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -24,7 +25,7 @@ class TorchModel(Model):
                            optimizer="adam", finetune_lr=1e-3)
     """
 
-    name = "module"
+    name = USER_MODULE
 
     def __init__(self, module: nn.Module, loss: LossFn | None = None,
                  conf: NeuralNetConfiguration | None = None, **fields: Any) -> None:
@@ -46,6 +47,10 @@ class TorchModel(Model):
     def load(cls, directory: str | Path, module: nn.Module | None = None,  # type: ignore[override]
              loss: LossFn | None = None) -> TorchModel:
         """Load weights saved by ``save`` into ``module`` (its code is the user's, not stored)."""
-        from deepgrid.checkpoint import load_model_files
-
-        return load_model_files(Path(directory), module=module, loss=loss)  # type: ignore[return-value]
+        directory = Path(directory)
+        meta = read_model_meta(directory)
+        if module is None or meta["model"] != USER_MODULE:
+            # Another kind loads as Model.load loads it; a user's module without `module` is refused there.
+            return load_model_files(directory)  # type: ignore[return-value]
+        model = TorchModel(module, loss, network_from_meta(meta, directory))
+        return load_model_files(directory, model=model)  # type: ignore[return-value]

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING
 
-from deepgrid.errors import ConfigError
+from deepgrid.config.model_names import add_model_name, check_model_name
 
 if TYPE_CHECKING:
     from deepgrid.models.base import Model
+
+__all__ = ["check_model_name", "get", "names", "register"]
 
 _MODELS: dict[str, type[Model]] = {}
 
 
 def register(cls: type[Model]) -> type[Model]:
-    """Class decorator: make a model kind available by its ``name``."""
+    """Class decorator: make a model kind available by its ``name`` (to ``get`` and to a Conf)."""
     _MODELS[cls.name] = cls
+    add_model_name(cls.name)
     return cls
 
 
@@ -24,21 +26,8 @@ def names() -> list[str]:
     return sorted(_MODELS)
 
 
-def check_model_name(name: str) -> str:
-    """The canonical name, or a ConfigError listing the known ones."""
-    known = names()
-    key = str(name).lower()
-    if key not in known:
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"Received an invalid value for `model`, expected one of {', '.join(map(repr, known))}. "
-            f"Received: model={name!r}.{hint}"
-        )
-    return key
-
-
 def get(name: str) -> type[Model]:
+    _load_builtins()
     return _MODELS[check_model_name(name)]
 
 

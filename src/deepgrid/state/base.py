@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from deepgrid.config.secrets import mask_url  # masked as a Conf masks it; state.redis* import it here
 from deepgrid.errors import ClusterError, ConfigError, invalid
 
 # How many metrics entries a snapshot carries: enough for a status page's
@@ -275,19 +276,6 @@ def build_snapshot(
         "in_flight_jobs": sum(1 for w in workers.values() if w.job is not None),
         "metrics": recent_metrics,
     }
-
-
-def mask_url(url: str) -> str:
-    """The URL with anything between ``//`` and the host's ``@`` hidden (a password may be there)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "***" if "@" in url else url
-    if "@" not in rest:
-        return url
-    # The last '@': a password with an unescaped '/' or '@' in it must not leak either.
-    userinfo, host_and_rest = rest.rsplit("@", 1)
-    user = userinfo.split(":", 1)[0] if ":" in userinfo else ""  # a lone name may be a password
-    return f"{scheme}://{user}:***@{host_and_rest}"
 
 
 def tracker_from_url(url: str, job_name: str = "deepgrid", *, fresh: bool = False,

@@ -14,11 +14,13 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from deepgrid.data.dataset import ArrayDataset
+from deepgrid.errors import DataError
 from deepgrid.models.base import Model, Phase
 
 
@@ -92,7 +94,8 @@ class EarlyStopping:
 
 def fit(
     model: Model,
-    data: ArrayDataset,
+    data: ArrayDataset | Any,
+    y: Any = None,
     *,
     epochs: int | None = None,
     batch_size: int = 64,
@@ -103,7 +106,15 @@ def fit(
     progress: bool = False,
     on_epoch: Callable[[Phase, int, float], None] | None = None,
 ) -> FitResult:
-    """Train every phase of ``model`` on ``data``; ``epochs`` overrides fine-tuning's passes."""
+    """Train every phase of ``model`` on ``data``; ``epochs`` overrides fine-tuning's passes.
+
+    ``data``: an ArrayDataset, or features (a numpy array, a tensor, nested lists) with their
+    labels ``y`` (none for an unsupervised model), as ``fit(model, x, y)``.
+    """
+    if not isinstance(data, ArrayDataset):
+        data = ArrayDataset.from_any(data, y, n_in=model.conf.n_in)
+    elif y is not None:
+        raise DataError("fit(model, data, y): an ArrayDataset holds its labels already; pass y only with an array of features.")
     result = FitResult()
     start = time.perf_counter()
     for index, phase in enumerate(model.phases(epochs)):
