@@ -252,36 +252,20 @@ def train_single_process(conf: Any, train_data: Any) -> tuple[Any, Any]:
 def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     from deepgrid.config.conf import Conf
     from deepgrid.data.mnist import load_splits
-    from deepgrid.distributed import engine
-    from deepgrid.distributed.cluster import adopt_head, record_head, start_head
+    from deepgrid.distributed.engine import DEFAULT_PORT
+    from deepgrid.distributed.head import master_head
     from deepgrid.distributed.runner import ActorNetworkRunner
-    from deepgrid.distributed.token import ensure_token
-    from deepgrid.state.status import deepgrid_home
 
     if args.workers < 0:
         raise ConfigError(invalid("--workers", args.workers, "0 or more"))
-    port = args.port or engine.DEFAULT_PORT
+    port = args.port or DEFAULT_PORT
     conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}", state_url=args.state)
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
     log("deepgrid: effective configuration\n" + conf.describe())
     train_data, test_data = load_splits(conf)
-    ensure_token(log)  # a new machine has none: the head would not start
-    home = deepgrid_home()
-    home.mkdir(parents=True, exist_ok=True)
-    head_record = home / "runs" / conf.job_name / "head.json"
-    head: Any = adopt_head(head_record, f"{args.bind}:{port}") if args.resume else None
-    if head is not None:
-        # The killed master's head is still up, and `deepgrid worker` processes with it: they
-        # wait for a master to come back and join this one.
-        log(f"deepgrid: resuming on the engine head the previous master left at {head.address}")
-    else:
-        head = start_head(args.bind, port, os.cpu_count() or 1, str(home / "ray-head.log"))
-        record_head(head_record, head)
-    log(f"deepgrid: engine head listening on {head.address}; join it with: "
-        f"deepgrid worker -ad {head.address} -a {conf.model}")
-    try:
+    with master_head(args.bind, port, conf.job_name, conf.model, resume=bool(args.resume), say=log) as head:
         publish_master(args, conf, head.address)
         with ActorNetworkRunner("master", master_data(conf, train_data), progress=log) as runner:
             runner.setup(conf, resume=args.resume, local_workers=args.workers, accept_workers=True)
@@ -290,9 +274,6 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
                 f"{len(runner.train_data):,} examples with {len(runner.workers)} workers")
             model = runner.train()
             workers, samples_per_s, elapsed = len(runner.workers), runner.samples_per_s, runner.train_seconds
-    finally:
-        engine.shutdown()  # leave the cluster before its head goes, or the driver waits for it
-        head.stop()
     return report(model, conf, test_data, output, workers, samples_per_s, elapsed, runner)
 
 
