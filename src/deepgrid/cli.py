@@ -1,4 +1,7 @@
-"""The `deepgrid` command: train, evaluate, status.
+"""The `deepgrid` command: train, master, worker, conf, status, evaluate.
+
+This module parses arguments and calls one library function per command: the engine head's
+life cycle is in ``deepgrid.distributed.head``, the test-set results in ``deepgrid.report``.
 
 Every user mistake ends as one line on stderr and exit status 2; the
 effective configuration and progress go to stderr, so that with ``--json``
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deepgrid.errors import ConfigError, DeepgridError, invalid
+from deepgrid.report import evaluate_saved, report
 
 EXIT_USER_ERROR = 2
 
@@ -170,13 +174,6 @@ def load_conf(args: argparse.Namespace) -> Any:
     return conf
 
 
-def class_labels(dataset: str, n_out: int) -> list[str] | None:
-    from deepgrid.train.evaluation import DATASET_LABELS
-
-    labels = DATASET_LABELS.get(dataset)
-    return list(labels) if labels is not None and len(labels) == n_out else None
-
-
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -191,7 +188,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     train_data, test_data = load_splits(conf)
     if args.single_process:
-        model, result = train_single_process(conf, train_data)
+        from deepgrid.train.single import train_single_process
+
+        model, result = train_single_process(conf, train_data, log)
         workers, samples_per_s, elapsed, runner = 1, result.samples_per_s, result.elapsed_s, None
     else:
         from deepgrid.distributed.runner import ActorNetworkRunner
@@ -209,44 +208,6 @@ def master_data(conf: Any, train_data: Any) -> Any:
     """What the master hands its runner: the loaded data, or None with ``data_feed: files``, where
     the runner and every worker read the Conf's files themselves (and compare checksums)."""
     return None if conf.data_feed == "files" else train_data
-
-
-def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, samples_per_s: float,
-           elapsed: float, runner: Any = None) -> dict[str, Any]:
-    """After training: evaluate on the held-out test set, save the model, print and return the results."""
-    evaluation = model.evaluate(test_data.x, test_data.y, labels=class_labels(conf.dataset, conf.network.n_out))
-    model.save(output, extra={"conf": conf.public_dict(), "test_accuracy": evaluation.accuracy})
-    print(evaluation.stats())
-    print(f"test accuracy: {evaluation.accuracy:.4f}   ({samples_per_s:,.0f} samples/s with {workers} worker(s), "
-          f"{elapsed:.1f} s training)   model saved to {output}")
-    return {
-        "model": conf.model,
-        "workers": workers,
-        "test_accuracy": round(evaluation.accuracy, 4),
-        "samples_per_s": round(samples_per_s, 1),
-        "elapsed_s": round(elapsed, 2),
-        "output": str(output),
-        # Distributed runs: jobs per machine, and per phase and epoch the mini-batches never
-        # trained or trained twice (the ledger).
-        **({"rounds": runner.round, "jobs_by_host": runner.jobs_by_host(), "ledger": runner.ledger_summary()}
-           if runner else {}),
-    }
-
-
-def train_single_process(conf: Any, train_data: Any) -> tuple[Any, Any]:
-    """The reference loop in this process (``--single-process``)."""
-    from deepgrid.data.mnist import training_split
-    from deepgrid.models.registry import get
-    from deepgrid.train.loop import fit
-
-    train_data, validation = training_split(train_data, conf)
-    model = get(conf.model)(conf.network)
-    log(f"deepgrid: training {conf.model} ({model.n_params:,} parameters) on {len(train_data):,} examples, one process")
-    result = fit(model, train_data, epochs=conf.epochs, batch_size=conf.batch_size,
-                 job_size=conf.averaging_frequency, validation=validation, patience=conf.patience,
-                 min_improvement=conf.min_improvement, progress=sys.stderr.isatty(),
-                 on_epoch=lambda phase, epoch, loss: log(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {loss:.4f}"))
-    return model, result
 
 
 def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
@@ -379,6 +340,7 @@ def cmd_conf_list(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
+    from deepgrid.state.snapshot import read_tracker_snapshot
     from deepgrid.state.status import format_status, read_status, status_path
 
     if args.state:
@@ -388,39 +350,8 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(format_status(snapshot))
 
 
-def read_tracker_snapshot(url: str, job_name: str) -> dict[str, Any]:
-    """A run's snapshot straight from its (Redis) state tracker, opened as it is, never cleared."""
-    from deepgrid.state.base import tracker_from_url
-    from deepgrid.state.memory import MemoryStateTracker
-
-    tracker = tracker_from_url(url, job_name=job_name)
-    try:
-        if isinstance(tracker, MemoryStateTracker):
-            raise ConfigError("--state memory:// names no shared state: an in-memory run lives in its master "
-                              "process. Drop --state to read its status file, or pass the redis:// URL.")
-        snapshot = tracker.snapshot()
-    finally:
-        tracker.close()
-    if not snapshot["run"].get("begun") and not snapshot["workers"]:
-        raise ConfigError(f"No run named {job_name!r} is recorded on that Redis; pass the run's job name "
-                          "with --job (Conf.job_name).")
-    return snapshot
-
-
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    from deepgrid.data.mnist import load_mnist
-    from deepgrid.models.base import Model
-
-    start = time.perf_counter()
-    model = Model.load(args.model_dir)
-    meta_conf = json.loads((Path(args.model_dir) / "model.json").read_text()).get("conf", {})
-    dataset = args.dataset or meta_conf.get("dataset", "fashion-mnist")
-    test = load_mnist(dataset, "test", args.data_dir or meta_conf.get("data_dir"),
-                      binarize=bool(meta_conf.get("binarize", False)), limit=args.test_limit)
-    evaluation = model.evaluate(test.x, test.y, labels=class_labels(dataset, model.conf.n_out))
-    print(evaluation.stats())
-    return {"model": model.name, "test_accuracy": round(evaluation.accuracy, 4),
-            "examples": len(test), "elapsed_s": round(time.perf_counter() - start, 2)}
+    return evaluate_saved(args.model_dir, args.dataset, args.data_dir, args.test_limit)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
