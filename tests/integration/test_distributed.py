@@ -13,7 +13,8 @@ import torch
 from deepgrid import Conf, ConfigError, DataError, ModelError
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.distributed import engine
-from deepgrid.distributed.runner import ActorNetworkRunner, weighted_mean
+from deepgrid.distributed.runner import ActorNetworkRunner
+from deepgrid.distributed.strategies.average import AverageStrategy, weighted_mean
 from deepgrid.errors import ClusterError
 from deepgrid.models.mlp import MLP
 from deepgrid.state.status import read_status, status_path
@@ -94,7 +95,7 @@ def test_status_lists_the_workers_during_a_run() -> None:
 
     def look(runner: ActorNetworkRunner) -> None:
         if runner.round == 3:
-            runner._write_status(force=True)
+            runner.status_file.write(force=True)
             seen.append(read_status(status_path(runner.conf.job_name)))
 
     runner, _ = run(conf(workers=2, job_name="status-test"), on_round=look)
@@ -120,7 +121,7 @@ def test_checkpoint_and_resume_after_a_crash(tmp_path) -> None:
     resumed = ActorNetworkRunner("master", TRAIN)
     try:
         resumed.setup(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
-        np.testing.assert_array_equal(resumed._block_step, step)
+        np.testing.assert_array_equal(resumed.strategy.block_step, step)
     finally:
         resumed.shutdown()
     runner, model = run(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
@@ -177,7 +178,7 @@ def test_a_slow_worker_takes_fewer_jobs() -> None:
         runner.setup(c)
         fast_id = next(iter(runner.workers))
         slow = remote_worker_class().options(num_cpus=1).remote(
-            "slow", lambda: SlowMLP(c.network), *runner._data_args, batch_size=c.batch_size)
+            "slow", lambda: SlowMLP(c.network), *runner.group.spec.data_args, batch_size=c.batch_size)
         runner.add_worker("slow", slow, ray.get(slow.info.remote()))
         model = runner.train()
     finally:
@@ -191,17 +192,16 @@ def test_a_slow_worker_takes_fewer_jobs() -> None:
 
 
 def test_block_momentum_adds_back_part_of_the_last_step() -> None:
-    runner = ActorNetworkRunner("master", TRAIN)
-    runner.conf, runner.params = conf(), np.zeros(3, dtype=np.float32)
-    first = runner._block_update(np.ones(3, dtype=np.float32), n_workers=2)  # no earlier step yet
+    strategy = AverageStrategy(block_momentum=None)
+    zeros = np.zeros(3, dtype=np.float32)
+    first = strategy.block_update(zeros, np.ones(3, dtype=np.float32), n_workers=2)  # no earlier step yet
     np.testing.assert_allclose(first, [1, 1, 1])
-    runner.params = first
-    second = runner._block_update(np.full(3, 2.0, dtype=np.float32), n_workers=2)  # step 1 + 0.5 x 1
+    second = strategy.block_update(first, np.full(3, 2.0, dtype=np.float32), n_workers=2)  # step 1 + 0.5 x 1
     np.testing.assert_allclose(second, [2.5, 2.5, 2.5])
-    runner.params, runner._block_step = first, None
-    np.testing.assert_allclose(runner._block_update(np.full(3, 2.0, dtype=np.float32), n_workers=1), [2, 2, 2])
-    runner.conf = conf(block_momentum=0.0)  # plain averaging, whatever the worker count
-    np.testing.assert_allclose(runner._block_update(np.full(3, 3.0, dtype=np.float32), n_workers=4), [3, 3, 3])
+    strategy.begin_phase()  # a new phase: no step carried over
+    np.testing.assert_allclose(strategy.block_update(first, np.full(3, 2.0, dtype=np.float32), n_workers=1), [2, 2, 2])
+    plain = AverageStrategy(block_momentum=0.0)  # plain averaging, whatever the worker count
+    np.testing.assert_allclose(plain.block_update(first, np.full(3, 3.0, dtype=np.float32), n_workers=4), [3, 3, 3])
 
 
 def test_resume_keeps_the_early_stopping_state(tmp_path) -> None:
@@ -209,7 +209,7 @@ def test_resume_keeps_the_early_stopping_state(tmp_path) -> None:
     c = conf(checkpoint_dir=str(ckpt), epochs=4, validation_fraction=0.2, patience=50)
 
     def crash(runner: ActorNetworkRunner) -> None:
-        if runner._epoch >= 2:  # two validations have run
+        if runner.progress.epoch >= 2:  # two validations have run
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -223,7 +223,7 @@ def test_resume_keeps_the_early_stopping_state(tmp_path) -> None:
         resumed.on_round = lambda r: (_ for _ in ()).throw(KeyboardInterrupt)  # stop at the first round
         with pytest.raises(KeyboardInterrupt):
             resumed.train()
-        assert resumed._stopper is not None and resumed._stopper.best == pytest.approx(best)
+        assert resumed.progress.best_loss == pytest.approx(best)
     finally:
         resumed.shutdown()
 

@@ -43,7 +43,7 @@ def test_a_node_added_mid_training_gets_jobs_and_a_removed_one_is_dropped(cluste
         if runner.round == 5:
             before = set(runner.workers)
             added.append(cluster.add_node(num_cpus=1))
-            runner._check_new_nodes()  # what the next round does anyway
+            runner.group.check_new_nodes()  # what the next round does anyway
             new_workers.extend(set(runner.workers) - before)
         if runner.round == 60 and added and not removed:
             cluster.remove_node(added[0], allow_graceful=False)

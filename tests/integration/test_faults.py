@@ -354,8 +354,8 @@ class Faults:
         self._added += 1
         worker_id = f"added{self._added}"
         actor = remote_worker_class().options(
-            num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(self.runner._home_node, soft=False),
-        ).remote(worker_id, self.factory, *self.runner._data_args, batch_size=self.conf.batch_size)
+            num_cpus=1, scheduling_strategy=NodeAffinitySchedulingStrategy(self.runner.group.home_node, soft=False),
+        ).remote(worker_id, self.factory, *self.runner.group.spec.data_args, batch_size=self.conf.batch_size)
         self._joining.put((worker_id, actor, actor.info.remote()))
         self._note("add", worker_id)
 

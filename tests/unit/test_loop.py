@@ -12,7 +12,8 @@ from deepgrid.errors import DataError
 from deepgrid.models import registry
 from deepgrid.models.base import FINETUNE
 from deepgrid.models.mlp import MLP
-from deepgrid.train.loop import EarlyStopping, fit, jobs, phase_seed
+from deepgrid.train.loop import fit, jobs, phase_seed
+from deepgrid.train.schedule import EarlyStopping
 
 SMALL = {"n_in": 64, "hidden_layer_sizes": (16, 8)}
 

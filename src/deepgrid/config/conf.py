@@ -32,6 +32,8 @@ from deepgrid.config.validation import (
 from deepgrid.errors import ConfigError, invalid
 
 DATASETS = ("fashion-mnist", "mnist")
+# Each has a module in deepgrid/distributed/strategies/.
+STRATEGIES = ("average",)
 
 RULES: dict[str, Rule] = {
     "model": Rule("str"),
@@ -47,6 +49,7 @@ RULES: dict[str, Rule] = {
     "averaging_frequency": POSITIVE_INT,
     "block_momentum": Rule("opt_float", low=0, high=0.99),
     "pull_jobs": Rule("bool"),
+    "strategy": Rule("choice", choices=STRATEGIES),
     "data_feed": Rule("choice", choices=("object_store", "files")),
     "device": Rule("choice", choices=("cpu", "cuda")),
     "threads_per_worker": POSITIVE_INT,
@@ -97,6 +100,8 @@ class Conf:
     # that job in the same round (so a straggler holds nobody up). False: one job per worker per
     # round, the same split whatever the timing (the same seed then gives the same parameters).
     pull_jobs: bool = True
+    # How the master turns the workers' results into the next parameters (deepgrid.distributed.strategies).
+    strategy: str = "average"
     # "object_store": the master puts the data into Ray's object store once and workers map it
     # (zero-copy on one machine); "files": each worker reads the data files from its own disk.
     data_feed: str = "object_store"

@@ -9,7 +9,6 @@ one worker it computes exactly what this loop computes.
 
 from __future__ import annotations
 
-import math
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from tqdm import tqdm
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.errors import DataError
 from deepgrid.models.base import Model, Phase
+from deepgrid.train.schedule import RunProgress, run_phases
 
 
 @dataclass
@@ -77,21 +77,6 @@ def validation_loss(model: Model, data: ArrayDataset) -> float:
     return total / len(data)
 
 
-class EarlyStopping:
-    """The seed's early stopping: stop after ``patience`` checks without improving by ``min_improvement``."""
-
-    def __init__(self, patience: int, min_improvement: float = 1e-3) -> None:
-        self.patience, self.min_improvement = patience, min_improvement
-        self.best, self.bad_checks = math.inf, 0
-
-    def should_stop(self, loss: float) -> bool:
-        if loss < self.best - self.min_improvement:
-            self.best, self.bad_checks = loss, 0
-        else:
-            self.bad_checks += 1
-        return self.patience > 0 and self.bad_checks >= self.patience
-
-
 def fit(
     model: Model,
     data: ArrayDataset | Any,
@@ -117,31 +102,34 @@ def fit(
         raise DataError("fit(model, data, y): an ArrayDataset holds its labels already; pass y only with an array of features.")
     result = FitResult()
     start = time.perf_counter()
-    for index, phase in enumerate(model.phases(epochs)):
-        stopper = EarlyStopping(patience, min_improvement)
-        seed = phase_seed(model.conf.seed, index)
-        for epoch in range(phase.epochs):
-            order = data.batch_order(batch_size, seed, epoch)  # (n_batches, batch_size)
-            bar = tqdm(total=len(order), desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}",
-                       unit="batch", disable=not progress, leave=False)
-            loss_sum, seen = 0.0, 0
-            for job_index, job in enumerate(jobs(order, job_size)):
-                seed_job_noise(model.conf.seed, phase.name, epoch, job_index)
-                step = model.train_step(phase.name, [data.batch(idx) for idx in job])
-                loss_sum += step.loss * step.n_samples
-                seen += step.n_samples
-                bar.update(len(job))
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            bar.close()
-            result.samples += seen
-            entry: dict[str, float | str] = {"phase": phase.name, "epoch": epoch + 1, "loss": loss_sum / max(seen, 1)}
-            if validation is not None and phase.supervised:
-                entry["validation_loss"] = validation_loss(model, validation)
-            result.history.append(entry)
-            if on_epoch is not None:
-                on_epoch(phase, epoch, float(entry["loss"]))
-            if "validation_loss" in entry and stopper.should_stop(float(entry["validation_loss"])):
-                result.stopped_early = True
-                break
+
+    def train_epoch(phase_index: int, phase: Phase, epoch: int, skip: set[int]) -> float:
+        order = data.batch_order(batch_size, phase_seed(model.conf.seed, phase_index), epoch)  # (n_batches, B)
+        bar = tqdm(total=len(order), desc=f"{phase.name} epoch {epoch + 1}/{phase.epochs}",
+                   unit="batch", disable=not progress, leave=False)
+        loss_sum, seen = 0.0, 0
+        for job_index, job in enumerate(jobs(order, job_size)):
+            seed_job_noise(model.conf.seed, phase.name, epoch, job_index)
+            step = model.train_step(phase.name, [data.batch(idx) for idx in job])
+            loss_sum += step.loss * step.n_samples
+            seen += step.n_samples
+            bar.update(len(job))
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        bar.close()
+        result.samples += seen
+        return loss_sum / max(seen, 1)
+
+    def epoch_done(phase: Phase, epoch: int, loss: float, val: float | None) -> None:
+        entry: dict[str, float | str] = {"phase": phase.name, "epoch": epoch + 1, "loss": loss}
+        if val is not None:
+            entry["validation_loss"] = val
+        result.history.append(entry)
+        if on_epoch is not None:
+            on_epoch(phase, epoch, loss)
+
+    result.stopped_early = not run_phases(
+        model, epochs, train_epoch, RunProgress(), patience=patience, min_improvement=min_improvement,
+        validate=(lambda: validation_loss(model, validation)) if validation is not None else None,
+        on_epoch=epoch_done)
     result.elapsed_s = time.perf_counter() - start
     return result

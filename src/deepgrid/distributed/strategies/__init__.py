@@ -1,0 +1,20 @@
+"""Training strategies: how the master turns the workers' results into the next parameters.
+
+A new strategy is one module here, its name in ``deepgrid.config.conf.STRATEGIES`` (what the
+Conf's ``strategy:`` accepts) and a line in ``make_strategy``.
+"""
+
+from __future__ import annotations
+
+from deepgrid.config.conf import STRATEGIES, Conf
+from deepgrid.distributed.strategies.average import AverageStrategy
+from deepgrid.distributed.strategies.base import JobResult, Strategy
+
+__all__ = ["STRATEGIES", "AverageStrategy", "JobResult", "Strategy", "make_strategy"]
+
+
+def make_strategy(conf: Conf) -> Strategy:
+    """The strategy the Conf names, built from its settings."""
+    if conf.strategy == "average":
+        return AverageStrategy(conf.block_momentum)
+    raise AssertionError(f"strategy {conf.strategy!r} passed the Conf's check but has no builder")
