@@ -168,3 +168,10 @@ def test_builtin_model_names_match_the_registered_kinds():
     registry.names()  # imports the built-in kinds
     builtin = {name for name, cls in registry._MODELS.items() if cls.__module__.startswith("deepgrid.models.")}
     assert builtin == set(BUILTIN_MODELS)
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """Small modules whose names say what they hold (issue 9): a file past 400 lines holds too much."""
+    big = {str(path.relative_to(SRC)): n for path in SRC.rglob("*.py")
+           if (n := len(path.read_text().splitlines())) > 400}
+    assert not big, f"split these modules: {big}"

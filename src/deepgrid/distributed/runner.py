@@ -118,11 +118,8 @@ class ActorNetworkRunner:
         return self._history.entries
 
     @property
-    def mailbox(self) -> Any:
-        return self.group.mailbox if self.group is not None else None
-
-    @property
     def checkpoint_wait_s(self) -> float:
+        """Time rounds spent waiting for the background checkpoint writer."""
         return self.checkpointer.wait_s if self.checkpointer is not None else 0.0
 
     # -- setup ---------------------------------------------------------------------
