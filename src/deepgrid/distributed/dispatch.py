@@ -127,7 +127,7 @@ class Dispatcher:
             return None  # the job was taken away meanwhile (re-queued): another worker trains it
         self.batch_seconds[worker_id] = raw["seconds"] / job.n_batches
         self.job_seconds.append(raw["seconds"])
-        return JobResult(worker_id, job, raw["params"], raw["n_samples"], raw["loss"], raw["seconds"])
+        return JobResult(worker_id, job, raw["update"], raw["n_samples"], raw["loss"], raw["seconds"])
 
     def _overran(self, ref: Any, call: tuple[str, Job], deadline: float, seen: dict[str, float]) -> None:
         worker_id, job = call

@@ -219,9 +219,8 @@ def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | N
     Returns what was done, or None when the master went away mid-run (its actors are stopped).
     """
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from deepgrid.distributed.worker import remote_worker_class
+    from deepgrid.distributed.worker import start_actors
 
     try:
         job = ray.get(mailbox.describe.remote(), timeout=30)
@@ -237,19 +236,9 @@ def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | N
     if count * threads > cpus:
         raise ConfigError(f"--workers {count} with threads_per_worker {threads} needs {count * threads} CPUs, "
                           f"but this machine's node offers {cpus:g}; pass --workers {max(1, int(cpus // threads))} or fewer.")
-    options: dict[str, Any] = {"num_cpus": threads,
-                               "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
-    if job["device"] == "cuda":
-        options["num_gpus"] = 1
     host = socket.gethostname()
-    actor_class = remote_worker_class()
-    actors = []
-    for _ in range(count):
-        worker_id = f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
-        actor = actor_class.options(**options).remote(worker_id, job["factory"], *job["data_args"],
-                                                      batch_size=job["batch_size"], threads=threads,
-                                                      device=job["device"])
-        actors.append((worker_id, actor))
+    # The same actors as the master's own, built from the same spec (the strategy's plugin included).
+    actors = start_actors(job["spec"], [f"{host}-{os.getpid()}-{uuid.uuid4().hex[:4]}" for _ in range(count)], node_id)
     process = f"{host}-{os.getpid()}"
     status = "training"
     try:

@@ -182,18 +182,17 @@ class ActorNetworkRunner:
         if conf.data_feed == "files" and self.iterator is not None:
             raise ConfigError("data_feed: files makes each worker read the Conf's data set from its own disk, "
                               "but this master was given its own data; use data_feed: object_store.")
-        self.group = WorkerGroup.for_run(conf, factory, tracker, home_node, self.train_data, self._say)
+        self.group = WorkerGroup.for_run(conf, factory, self.strategy.worker_plugin(), tracker, home_node,
+                                         self.train_data, self._say)
         self.group.hosts, self.group.node_check_every_s = self._worker_hosts, self.node_check_every_s
         self.dispatcher = Dispatcher(self.group, tracker, conf, FailurePolicy(min_workers=1), self._say)
         if accept_workers:
             from deepgrid.distributed.cluster import open_mailbox
 
-            spec = self.group.spec
             self.group.mailbox = open_mailbox({
-                "algorithm": conf.model, "job_name": conf.job_name, "factory": spec.factory,
-                "data_args": list(spec.data_args), "batch_size": conf.batch_size,
-                "threads": conf.threads_per_worker, "device": conf.device,
-                "data_digest": self.group.data_digest, "examples": len(self.train_data)}, node_id=home_node)
+                "algorithm": conf.model, "job_name": conf.job_name, "threads": conf.threads_per_worker,
+                "data_digest": self.group.data_digest, "examples": len(self.train_data), "spec": self.group.spec},
+                node_id=home_node)
         count = conf.effective_workers if local_workers is None else local_workers
         if count:
             check_room(count, conf.threads_per_worker, conf.device, home_node)

@@ -13,12 +13,14 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from deepgrid.data.dataset import ArrayDataset
+from deepgrid.distributed.strategies.base import WorkerPlugin
 from deepgrid.models.base import Model
 from deepgrid.state.base import Job
 from deepgrid.train.loop import phase_seed, seed_job_noise
@@ -48,9 +50,10 @@ class Worker:
     """Plain class; ``remote_worker_class()`` wraps it as a Ray actor."""
 
     def __init__(self, worker_id: str, model_factory: ModelFactory, data: Any, labels: Any = None,
-                 *, batch_size: int, threads: int = 1, device: str = "cpu") -> None:
+                 *, batch_size: int, threads: int = 1, device: str = "cpu", plugin: WorkerPlugin | None = None) -> None:
         torch.set_num_threads(threads)
         self.worker_id = worker_id
+        self.device = device
         self.model = model_factory().to(device)
         self.batch_size = batch_size
         self.data_digest: str | None = None
@@ -74,6 +77,8 @@ class Worker:
         for phase in self._phase_index:
             self.model.optimizer(phase)
         self._orders: dict[tuple[str, int], torch.Tensor] = {}
+        self.plugin = plugin or WorkerPlugin()  # the training strategy's half in this worker
+        self.plugin.setup(self)
 
     def info(self) -> dict[str, Any]:
         import ray
@@ -97,15 +102,50 @@ class Worker:
         task = Job.from_dict(job)
         if params is not None:
             self.model.set_flat_params(params)
+        start = self.model.get_flat_params() if self.plugin.wants_start else None
         order = self._order(task.phase, task.epoch)
         batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
         seed_job_noise(self.model.conf.seed, task.phase, task.epoch, task.index)
-        step = self.model.train_step(task.phase, batches)
-        return {"worker_id": self.worker_id, "job_id": task.id, "params": self.model.get_flat_params(),
+        hook = self.plugin.gradient_hook(self, task.phase)
+        # Only strategies that combine gradients pass a hook: a model's own train_step override
+        # (two arguments) keeps working with every other strategy.
+        step = self.model.train_step(task.phase, batches, hook) if hook else self.model.train_step(task.phase, batches)
+        return {"worker_id": self.worker_id, "job_id": task.id,
+                "update": self.plugin.encode(start, self.model.get_flat_params()),
                 "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started}
+
+    def plugin_call(self, method: str, *args: Any) -> Any:
+        """Run one of the strategy plugin's own methods here (e.g. joining a process group)."""
+        return getattr(self.plugin, method)(self, *args)
 
     def ping(self) -> str:
         return self.worker_id
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What every worker actor of a run is built from: it travels to `deepgrid worker` machines too."""
+
+    factory: Callable[[], Model]
+    data_args: tuple[Any, Any]  # object-store refs of (x, y), or (the Conf as a dict, None) to read files
+    batch_size: int
+    threads: int
+    device: str
+    plugin: WorkerPlugin  # the training strategy's half inside each worker
+
+
+def start_actors(spec: WorkerSpec, worker_ids: list[str], node_id: str) -> list[tuple[str, Any]]:
+    """Start one worker actor per id, pinned to ``node_id`` (never placed elsewhere by Ray)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict[str, Any] = {"num_cpus": spec.threads,
+                               "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
+    if spec.device == "cuda":
+        options["num_gpus"] = 1
+    actor_class = remote_worker_class()
+    return [(worker_id, actor_class.options(**options).remote(
+        worker_id, spec.factory, *spec.data_args, batch_size=spec.batch_size, threads=spec.threads,
+        device=spec.device, plugin=spec.plugin)) for worker_id in worker_ids]
 
 
 def remote_worker_class() -> Any:

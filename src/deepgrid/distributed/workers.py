@@ -17,6 +17,8 @@ from typing import Any
 from deepgrid.config.conf import Conf
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.distributed.host import EXTERNAL_RESOURCE
+from deepgrid.distributed.strategies.base import WorkerPlugin
+from deepgrid.distributed.worker import WorkerSpec, start_actors
 from deepgrid.errors import ConfigError, DataError
 from deepgrid.models.base import Model
 from deepgrid.state.base import StateTracker
@@ -37,33 +39,6 @@ class WorkerHandle:
     last_seen: float = 0.0
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What every worker actor of a run is built from: it travels to `deepgrid worker` machines too."""
-
-    factory: Callable[[], Model]
-    data_args: tuple[Any, Any]  # object-store refs of (x, y), or (the Conf as a dict, None) to read files
-    batch_size: int
-    threads: int
-    device: str
-
-
-def start_actors(spec: WorkerSpec, worker_ids: list[str], node_id: str) -> list[tuple[str, Any]]:
-    """Start one worker actor per id, pinned to ``node_id`` (never placed elsewhere by Ray)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    from deepgrid.distributed.worker import remote_worker_class
-
-    options: dict[str, Any] = {"num_cpus": spec.threads,
-                               "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
-    if spec.device == "cuda":
-        options["num_gpus"] = 1
-    actor_class = remote_worker_class()
-    return [(worker_id, actor_class.options(**options).remote(
-        worker_id, spec.factory, *spec.data_args, batch_size=spec.batch_size, threads=spec.threads,
-        device=spec.device)) for worker_id in worker_ids]
-
-
 class WorkerGroup:
     """The live workers of a run, by id."""
 
@@ -80,8 +55,8 @@ class WorkerGroup:
         self._known_nodes: set[str] = set()
 
     @classmethod
-    def for_run(cls, conf: Conf, factory: Callable[[], Model], tracker: StateTracker, home_node: str,
-                train_data: ArrayDataset, say: Callable[[str], None]) -> WorkerGroup:
+    def for_run(cls, conf: Conf, factory: Callable[[], Model], plugin: WorkerPlugin, tracker: StateTracker,
+                home_node: str, train_data: ArrayDataset, say: Callable[[str], None]) -> WorkerGroup:
         """The group for a run: how its workers get the data follows ``conf.data_feed``."""
         import ray
 
@@ -93,7 +68,7 @@ class WorkerGroup:
             data_args = (conf.to_dict(), None)
             # Each host reads its own files: the master refuses a host whose examples differ.
             digest = train_data.digest()
-        spec = WorkerSpec(factory, data_args, conf.batch_size, conf.threads_per_worker, conf.device)
+        spec = WorkerSpec(factory, data_args, conf.batch_size, conf.threads_per_worker, conf.device, plugin)
         return cls(spec, tracker, home_node, train_data, say, digest)
 
     def __len__(self) -> int:

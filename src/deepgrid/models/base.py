@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -100,10 +100,13 @@ class Model:
         return c.optimizer, c.finetune_lr, c.momentum, c.l2
 
     # -- the runtime interface ---------------------------------------------------
-    def train_step(self, phase: str, batches: Sequence[Batch]) -> StepResult:
+    def train_step(self, phase: str, batches: Sequence[Batch],
+                   on_gradients: Callable[[int], None] | None = None) -> StepResult:
         """Train ``phase`` on ``batches`` in order: the inner reference loop.
 
         Every path (``deepgrid.train.loop.fit``, each distributed worker) trains through here.
+        ``on_gradients(n_samples)`` runs after each backward pass, before the optimizer steps:
+        a training strategy may combine gradients there (the model need not know).
         """
         optimizer = self.optimizer(phase)
         self.module.train()
@@ -113,6 +116,8 @@ class Model:
             optimizer.zero_grad(set_to_none=True)
             objective, reported = self.batch_loss(phase, x, y)
             objective.backward()
+            if on_gradients is not None:
+                on_gradients(len(x))
             optimizer.step()
             total += reported.detach() * len(x)  # a tensor sum: no sync per batch
             n += len(x)

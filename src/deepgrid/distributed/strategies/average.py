@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepgrid.distributed.strategies.base import JobResult
+from deepgrid.distributed.strategies.base import JobResult, Strategy
 
 
-class AverageStrategy:
+class AverageStrategy(Strategy):
     name = "average"
 
     def __init__(self, block_momentum: float | None = None) -> None:
@@ -33,7 +33,7 @@ class AverageStrategy:
         # Summed in job order, not arrival order: float sums depend on their order, and the
         # same seed must give the same parameters however the results raced in.
         order = sorted(last, key=lambda w: last[w].job.index)
-        mean = weighted_mean([last[w].params for w in order], [samples[w] for w in order])
+        mean = weighted_mean([last[w].update for w in order], [samples[w] for w in order])
         return self.block_update(params, mean, len(last))
 
     def block_update(self, params: np.ndarray, mean: np.ndarray, n_workers: int) -> np.ndarray:

@@ -1,44 +1,92 @@
-"""What a training strategy is: the rule that turns a round's job results into the next parameters.
+"""What a training strategy is: how workers' training turns into the master's next parameters.
 
-The dispatcher runs jobs on the workers and hands back what they returned; a strategy only
-decides what the master's parameters become. It owns its own state (block momentum's last step,
-a parameter server's version counter, a residual) and gives it to checkpoints through
-``state_dict``/``load_state_dict``, so a resumed run goes on exactly where it was.
+A strategy has two halves. On the master, ``Strategy`` decides what the parameters become from
+the job results the dispatcher collects, and owns its state (block momentum's last step, a
+version counter) for checkpoints through ``state_dict``/``load_state_dict``. Inside each worker
+actor, its ``WorkerPlugin`` decides what a job sends back (whole parameters, a delta, a sparse
+update) and may take part in every step (combining gradients with the other workers).
+
+``barrier``: True for strategies that work in rounds (every job of a round starts from the same
+parameters; ``combine`` sees all of the round's results at once); False for those that apply
+each result as it comes (``apply``) and hand the worker its next job at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deepgrid.state.base import Job
 
+if TYPE_CHECKING:
+    from deepgrid.distributed.worker import Worker
+    from deepgrid.distributed.workers import WorkerGroup
+
 
 @dataclass(frozen=True)
 class JobResult:
-    """One job a worker trained: the parameters it ended with and what it trained."""
+    """One job a worker trained: what its plugin sent back, and what it trained."""
 
     worker_id: str
     job: Job
-    params: np.ndarray
+    update: Any  # the plugin's encoding: the whole parameters for `average`
     n_samples: int
     loss: float
     seconds: float
+    version: int = 0  # the parameter version the job started from (strategies without barrier)
 
 
-class Strategy(Protocol):
-    name: str
+class WorkerPlugin:
+    """The strategy's half inside a worker actor; this default sends back the whole parameters.
+
+    It is pickled to each worker (also to `deepgrid worker` machines), so it holds only plain data.
+    """
+
+    # True: ``encode`` gets the parameters the job started from (for a delta), else None.
+    wants_start = False
+
+    def setup(self, worker: Worker) -> None:
+        """Called once in the actor, after the model and the data are ready."""
+
+    def gradient_hook(self, worker: Worker, phase: str) -> Callable[[int], None] | None:
+        """A function the model calls after each backward pass, or None."""
+        return None
+
+    def encode(self, start: np.ndarray | None, end: np.ndarray) -> Any:
+        """What the job sends back to the master, from the parameters it started and ended with."""
+        return end
+
+
+class Strategy:
+    """The master's half. Subclasses override what they need."""
+
+    name = ""
+    barrier = True
+
+    def worker_plugin(self) -> WorkerPlugin:
+        return WorkerPlugin()
+
+    def before_round(self, group: WorkerGroup) -> None:
+        """Called before each round, with the live workers (e.g. to form a process group)."""
 
     def begin_phase(self) -> None:
         """A new phase trains other parameters: forget what was carried between rounds."""
 
     def combine(self, params: np.ndarray, results: list[JobResult]) -> np.ndarray:
-        """The next parameters from the current ones and the round's results (at least one)."""
+        """Barrier strategies: the next parameters from the round's results (at least one)."""
+        raise NotImplementedError
+
+    def apply(self, params: np.ndarray, result: JobResult, version: int) -> np.ndarray:
+        """Strategies without barrier: the parameters after one job's result; ``version`` counts
+        the results applied so far (the result's own ``version`` says where it started)."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays to checkpoint with the parameters (may be empty)."""
+        return {}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
         """Take back what ``state_dict`` gave (from a checkpoint)."""
