@@ -20,7 +20,7 @@ import numpy as np
 
 from deepgrid.config.conf import Conf
 from deepgrid.distributed.policy import Failure, FailureKind, FailurePolicy
-from deepgrid.distributed.strategies.base import JobResult
+from deepgrid.distributed.strategies.base import GroupBroken, JobResult
 from deepgrid.distributed.workers import WorkerGroup, first_line
 from deepgrid.errors import ClusterError
 from deepgrid.state.base import Job, StateTracker
@@ -117,6 +117,11 @@ class Dispatcher:
             self.failure(Failure(worker_id, FailureKind.DIED, job, first_line(e)))
             return None
         except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, GroupBroken):  # a peer of a shared step is gone, not this worker's fault
+                self.say(f"deepgrid: worker {worker_id} lost a peer in job {job.id} ({first_line(e)}); job re-queued")
+                self.tracker.release_job(worker_id)
+                self.group.broken = True
+                return None
             handle = self.workers.get(worker_id)
             count = handle.failures + 1 if handle else 1
             if handle:

@@ -334,6 +334,7 @@ class ActorNetworkRunner:
             group.accept_joined()
         if not group.workers:
             raise ClusterError("No live workers are left; the last checkpoint is kept. Start workers and --resume.")
+        self.strategy.before_round(group)
         started = time.monotonic()
         results = dispatcher.run_round(self.params)
         if results is None:  # every worker was busy with an overrun job: no round

@@ -50,6 +50,9 @@ class WorkerGroup:
         self.workers: dict[str, WorkerHandle] = {}
         self.hosts: dict[str, str] = {}  # worker id -> its machine's address, kept after it leaves
         self.mailbox: Any = None  # set when `deepgrid worker` processes may join
+        # Set when a step shared among workers lost a peer (strategies.base.GroupBroken): the
+        # strategy re-forms whatever the workers share before the next round, and clears it.
+        self.broken = False
         self.node_check_every_s = NODE_CHECK_EVERY_S
         self._last_node_check = 0.0
         self._known_nodes: set[str] = set()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from deepgrid.config.conf import STRATEGIES, Conf
 from deepgrid.distributed.strategies.average import AverageStrategy
-from deepgrid.distributed.strategies.base import JobResult, Strategy, WorkerPlugin
+from deepgrid.distributed.strategies.base import GroupBroken, JobResult, Strategy, WorkerPlugin
 
-__all__ = ["STRATEGIES", "AverageStrategy", "JobResult", "Strategy", "WorkerPlugin", "make_strategy"]
+__all__ = ["STRATEGIES", "AverageStrategy", "GroupBroken", "JobResult", "Strategy", "WorkerPlugin", "make_strategy"]
 
 
 def make_strategy(conf: Conf) -> Strategy:

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     from deepgrid.distributed.workers import WorkerGroup
 
 
+class GroupBroken(Exception):  # noqa: N818 (a state, not a bug: the dispatcher re-queues, blames nobody)
+    """Raised inside a worker when a step it shares with other workers cannot finish because one
+    of them is gone (a collective timed out or lost its peer). The job is re-queued without
+    counting against this worker, and ``WorkerGroup.broken`` tells the strategy to re-form."""
+
+
 @dataclass(frozen=True)
 class JobResult:
     """One job a worker trained: what its plugin sent back, and what it trained."""
