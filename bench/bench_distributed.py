@@ -38,26 +38,29 @@ import argparse
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
-import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
+import common
 import torch
-from torch import nn
+from common import (
+    BATCH,
+    LR,
+    MOMENTUM,
+    ForeignCpu,
+    Plan,
+    accuracy,
+    build_mlp,
+    epoch_batches,
+    initial_params_match,
+    load_data,
+    quiet_ray,
+    train_epoch,
+)
 
-DATA_DIR = "/usr/share/datasets/fashion-mnist"
-HIDDEN = (256, 128)
-N_IN, N_OUT = 784, 10
-BATCH = 64
-LR = 0.05
-MOMENTUM = 0.9
-SEED = 123  # deepgrid's default NeuralNetConfiguration.seed
 QUICK_LIMIT = 10_000
 
 TARGETS = {  # name: (description, comparison, bound)
@@ -84,168 +87,11 @@ class Row:
     error: str | None = None
 
 
-# -- how much CPU other people's processes took meanwhile --------------------------------------------
-
-
-class ForeignCpu(threading.Thread):
-    """Samples /proc every ``interval`` s and splits CPU time between this bench's process tree
-    (itself, Ray's processes it started, DDP's processes) and everything else on the machine.
-    ``foreign_s`` is the CPU seconds the others used: on 2 cores, others using 0.5 CPU on average
-    leave the contenders 1.5."""
-
-    def __init__(self, interval: float = 2.0) -> None:
-        super().__init__(daemon=True)
-        self.interval, self.foreign_s, self.ours_s = interval, 0.0, 0.0
-        self._tick = os.sysconf("SC_CLK_TCK")
-        self._halt = threading.Event()
-        self._lock = threading.Lock()
-        self._seen: dict[tuple[int, int], int] = {}
-        self._boot_ticks = self._now_ticks()
-        self._sample(first=True)
-
-    def _now_ticks(self) -> int:
-        with open("/proc/uptime") as f:
-            return int(float(f.read().split()[0]) * self._tick)
-
-    def _sample(self, first: bool = False) -> None:
-        with self._lock:
-            self._sample_locked(first)
-
-    def _sample_locked(self, first: bool) -> None:
-        procs: dict[int, tuple[int, int, int]] = {}  # pid: (ppid, cpu ticks, start ticks)
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            rest = text[text.rfind(")") + 2 :].split()
-            procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19]))
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in procs.items():
-            children.setdefault(ppid, []).append(pid)
-        ours, todo = set(), [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            ours.add(pid)
-            todo += children.get(pid, [])
-        foreign = mine = 0
-        seen = {}
-        for pid, (_, cpu, started) in procs.items():
-            key = (pid, started)
-            before = self._seen.get(key, 0 if started >= self._boot_ticks else cpu)
-            seen[key] = cpu
-            if first:
-                continue
-            if pid in ours:
-                mine += cpu - before
-            else:
-                foreign += cpu - before
-        self._seen = seen
-        self.foreign_s += foreign / self._tick
-        self.ours_s += mine / self._tick
-
-    def run(self) -> None:
-        while not self._halt.wait(self.interval):
-            self._sample()
-
-    def read(self) -> float:
-        """CPU seconds other processes used since the start."""
-        self._sample()
-        return self.foreign_s
-
-    def ours(self) -> float:
-        """CPU seconds this bench's process tree used since the start (whole intervals of processes
-        that ended between two samples may be missed: read it around windows where none end)."""
-        self._sample()
-        return self.ours_s
-
-    def stop(self) -> None:
-        self._halt.set()
-
-
 MONITOR: ForeignCpu | None = None  # set in main()
 
 
 def tree_cpu() -> float:
     return MONITOR.ours() if MONITOR is not None else float("nan")
-
-
-# -- the shared pieces: network, data order, one epoch ---------------------------------------
-
-
-def build_mlp() -> nn.Sequential:
-    """784-256-128-10 with relu, Xavier-uniform weights and zero biases after torch.manual_seed(SEED):
-    the same calls in the same order as deepgrid's MLP.build, hence the same initial weights."""
-    torch.manual_seed(SEED)
-    sizes = (N_IN, *HIDDEN)
-    layers: list[nn.Module] = []
-    for i in range(len(HIDDEN)):
-        layers += [_init(nn.Linear(sizes[i], sizes[i + 1])), nn.ReLU()]
-    layers.append(_init(nn.Linear(sizes[-1], N_OUT)))
-    return nn.Sequential(*layers)
-
-
-def _init(layer: nn.Linear) -> nn.Linear:
-    with torch.no_grad():
-        nn.init.xavier_uniform_(layer.weight)
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
-def epoch_permutation(n: int, epoch: int) -> torch.Tensor:
-    """The same permutation deepgrid's ArrayDataset.batch_order draws for (seed, epoch)."""
-    g = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def epoch_batches(n: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """(n_batches, BATCH) example indices of this rank's batches of ``epoch``."""
-    perm = epoch_permutation(n, epoch)
-    if world > 1:  # DistributedSampler(shuffle=True, drop_last=True): rank r takes perm[r::world]
-        perm = perm[rank : (n // world) * world : world]
-    nb = len(perm) // BATCH
-    return perm[: nb * BATCH].view(nb, BATCH)
-
-
-def train_epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                batches: torch.Tensor) -> tuple[int, float]:
-    """One epoch of plain SGD over ``batches``; returns (samples, mean loss)."""
-    module.train()
-    total = torch.zeros(())
-    for idx in batches:
-        xb, yb = x[idx], y[idx]
-        opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(module(xb), yb)
-        loss.backward()
-        opt.step()
-        total += loss.detach() * len(idx)
-    n = batches.numel()
-    return n, float(total) / max(n, 1)
-
-
-def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    module.eval()
-    with torch.no_grad():
-        pred = torch.cat([module(chunk).argmax(1) for chunk in x.split(8192)])
-    return float((pred == y).float().mean())
-
-
-def load_data(limit: int | None) -> tuple[Any, Any]:
-    """(train, test) deepgrid ArrayDatasets; ``limit`` keeps the first ``limit`` training examples."""
-    from deepgrid.config.conf import Conf
-    from deepgrid.data.mnist import load_splits
-
-    return load_splits(Conf(model="mlp", data_dir=DATA_DIR, train_limit=limit))
-
-
-def quiet_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
 
 
 # -- (a) hand-written loop ----------------------------------------------------------------------
@@ -268,28 +114,14 @@ def run_hand(train: Any, test: Any, epochs: int) -> Row:
                None, seconds, samples, {"epoch_losses": losses})
 
 
-def initial_params_match() -> bool:
-    """build_mlp() and deepgrid's MLP start from the very same weights."""
-    from deepgrid.config.network import NeuralNetConfiguration
-    from deepgrid.models.mlp import MLP
-
-    ours = torch.cat([p.detach().reshape(-1) for p in build_mlp().parameters()]).numpy()
-    theirs = MLP(NeuralNetConfiguration(hidden_layer_sizes=HIDDEN, activation="relu")).get_flat_params()
-    return ours.shape == theirs.shape and bool(np.array_equal(ours, theirs))
-
-
 # -- (b), (c) deepgrid ---------------------------------------------------------------------------
 
 
 def run_deepgrid(train: Any, test: Any, workers: int, k: int, epochs: int, label: str | None = None) -> Row:
-    from deepgrid.config.conf import Conf
     from deepgrid.distributed.runner import ActorNetworkRunner
 
     quiet_ray()  # deepgrid starts (and stops) its own local Ray
-    conf = Conf(model="mlp", workers=workers, threads_per_worker=1,
-                network=dict(hidden_layer_sizes=[256, 128], activation="relu", finetune_lr=LR,
-                             momentum=MOMENTUM, optimizer="sgd"),
-                batch_size=BATCH, epochs=epochs, averaging_frequency=k, job_name="bench-distributed")
+    conf = common.deepgrid_conf(workers, k, epochs, "bench-distributed")
     start = time.perf_counter()
     runner = ActorNetworkRunner("master", train)
     try:
@@ -335,54 +167,8 @@ def run_dbn(workers: int, quick: bool) -> Row:
 # -- (d) DDP --------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_process(rank: int, world: int, port: int, limit: int | None, epochs: int, out_path: str) -> None:
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        train, test = load_data(limit)
-        model = DistributedDataParallel(build_mlp())
-        opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-        dist.barrier()
-        cpu0, start = time.process_time(), time.perf_counter()
-        samples = 0
-        for epoch in range(epochs):
-            n, _ = train_epoch(model, opt, train.x, train.y, epoch_batches(len(train), epoch, rank, world))
-            samples += n
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
-        totals = torch.tensor([float(samples), seconds, cpu], dtype=torch.float64)
-        sums = totals.clone()
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        dist.all_reduce(totals, op=dist.ReduceOp.MAX)
-        if rank == 0:
-            acc = accuracy(model.module, test.x, test.y)
-            with open(out_path, "w") as f:
-                json.dump({"samples": int(sums[0]), "seconds": float(totals[1]), "cpu": float(sums[2]),
-                           "accuracy": acc}, f)
-    finally:
-        dist.destroy_process_group()
-
-
 def run_ddp(limit: int | None, epochs: int, world: int = 2) -> Row:
-    import torch.multiprocessing as mp
-
-    with tempfile.TemporaryDirectory() as tmp:
-        out_path = os.path.join(tmp, "ddp.json")
-        start = time.perf_counter()
-        mp.spawn(_ddp_process, args=(world, _free_port(), limit, epochs, out_path), nprocs=world, join=True)
-        wall = time.perf_counter() - start
-        with open(out_path) as f:
-            r = json.load(f)
+    r, wall = common.run_ddp(limit, Plan(epochs), world)
     return Row(f"(d) PyTorch DDP gloo, {world} procs", r["samples"] / r["seconds"], r["samples"] / r["cpu"],
                r["accuracy"], wall, r["seconds"], r["samples"])
 
@@ -390,75 +176,8 @@ def run_ddp(limit: int | None, epochs: int, world: int = 2) -> Row:
 # -- (e) Ray Train ---------------------------------------------------------------------------------
 
 
-def _ray_train_loop(config: dict[str, Any]) -> None:
-    import ray
-    import ray.train
-    import ray.train.torch
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    with warnings.catch_warnings():  # zero-copy read-only views of the object store; we only read them
-        warnings.simplefilter("ignore", UserWarning)
-        x = torch.from_numpy(ray.get(config["refs"][0]))
-        y = torch.from_numpy(ray.get(config["refs"][1]))
-    model = ray.train.torch.prepare_model(build_mlp())
-    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
-    if dist.is_initialized():
-        dist.barrier()
-    cpu0, start = time.process_time(), time.perf_counter()
-    samples = 0
-    for epoch in range(config["epochs"]):
-        n, _ = train_epoch(model, opt, x, y, epoch_batches(len(x), epoch, rank, world))
-        samples += n
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
-    totals = torch.tensor([float(samples), seconds, cpu], dtype=torch.float64)
-    sums = totals.clone()
-    if dist.is_initialized():
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        dist.all_reduce(totals, op=dist.ReduceOp.MAX)
-    metrics = {"samples": int(sums[0]), "seconds": float(totals[1]), "cpu": float(sums[2]), "rank": rank}
-    if rank != 0:
-        ray.train.report(metrics)  # every worker must report, as often as rank 0
-        return
-    tx = torch.from_numpy(ray.get(config["refs"][2]))
-    ty = torch.from_numpy(ray.get(config["refs"][3]))
-    metrics["accuracy"] = accuracy(getattr(model, "module", model), tx, ty)
-    # Ray Train v2 keeps a run's metrics only with a checkpoint (Result.metrics is None otherwise):
-    # rank 0 reports a tiny one holding just the metrics.
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "metrics.json"), "w") as f:
-            json.dump(metrics, f)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
 def run_ray_train(train: Any, test: Any, epochs: int, world: int = 2) -> Row:
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    quiet_ray()
-    with tempfile.TemporaryDirectory() as storage:
-        start = time.perf_counter()
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        try:
-            refs = [ray.put(a.numpy()) for a in (train.x, train.y, test.x, test.y)]
-            trainer = TorchTrainer(
-                _ray_train_loop,
-                train_loop_config={"refs": refs, "epochs": epochs},
-                scaling_config=ScalingConfig(num_workers=world, use_gpu=False, resources_per_worker={"CPU": 1}),
-                run_config=RunConfig(name="bench-distributed", storage_path=storage),
-            )
-            result = trainer.fit()
-        finally:
-            ray.shutdown()
-        wall = time.perf_counter() - start
-    if result.error:
-        raise RuntimeError(f"Ray Train failed: {result.error}")
-    m = result.metrics
-    if not m:
-        raise RuntimeError("Ray Train's Result carries no metrics")
+    m, wall = common.run_ray_train(train, test, Plan(epochs), world, name="bench-distributed")
     return Row(f"(e) Ray Train TorchTrainer, {world} workers", m["samples"] / m["seconds"], m["samples"] / m["cpu"],
                m["accuracy"], wall, m["seconds"], m["samples"])
 

@@ -1,0 +1,391 @@
+"""What the benchmarks share: the competitors' network, data order and training loop, PyTorch DDP and
+Ray Train runs of it, deepgrid's Conf for the same job, and a watch on other people's CPU use.
+
+bench_distributed.py and bench_strategies.py import this as ``common`` (Python puts a script's own
+folder first on its path). Every contender trains the same network on the same data with the same
+initialisation and the same per-epoch shuffle:
+
+  MLP 784-256-128-10 (relu, Xavier init, seed 123) on Fashion-MNIST,
+  batch 64 per worker/process, SGD lr 0.05 momentum 0.9.
+
+The data order of an epoch is deepgrid's ``ArrayDataset.batch_order`` permutation (seed 123 *
+1_000_003 + epoch); DDP and Ray Train shard it DistributedSampler-style (rank r takes every
+world-th index, ragged tail dropped) and cut each shard into batches of 64.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+DATA_DIR = "/usr/share/datasets/fashion-mnist"
+HIDDEN = (256, 128)
+N_IN, N_OUT = 784, 10
+BATCH = 64
+LR = 0.05
+MOMENTUM = 0.9
+SEED = 123  # deepgrid's default NeuralNetConfiguration.seed
+
+
+# -- how much CPU other people's processes took meanwhile --------------------------------------------
+
+
+class ForeignCpu(threading.Thread):
+    """Samples /proc every ``interval`` s and splits CPU time between this bench's process tree
+    (itself, Ray's processes it started, DDP's processes) and everything else on the machine.
+    ``foreign_s`` is the CPU seconds the others used: on 2 cores, others using 0.5 CPU on average
+    leave the contenders 1.5."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.interval, self.foreign_s, self.ours_s = interval, 0.0, 0.0
+        self._tick = os.sysconf("SC_CLK_TCK")
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[int, int], int] = {}
+        self._boot_ticks = self._now_ticks()
+        self._sample(first=True)
+
+    def _now_ticks(self) -> int:
+        with open("/proc/uptime") as f:
+            return int(float(f.read().split()[0]) * self._tick)
+
+    def _sample(self, first: bool = False) -> None:
+        with self._lock:
+            self._sample_locked(first)
+
+    def _sample_locked(self, first: bool) -> None:
+        procs: dict[int, tuple[int, int, int]] = {}  # pid: (ppid, cpu ticks, start ticks)
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            rest = text[text.rfind(")") + 2 :].split()
+            procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19]))
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        ours, todo = set(), [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            ours.add(pid)
+            todo += children.get(pid, [])
+        foreign = mine = 0
+        seen = {}
+        for pid, (_, cpu, started) in procs.items():
+            key = (pid, started)
+            before = self._seen.get(key, 0 if started >= self._boot_ticks else cpu)
+            seen[key] = cpu
+            if first:
+                continue
+            if pid in ours:
+                mine += cpu - before
+            else:
+                foreign += cpu - before
+        self._seen = seen
+        self.foreign_s += foreign / self._tick
+        self.ours_s += mine / self._tick
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self._sample()
+
+    def read(self) -> float:
+        """CPU seconds other processes used since the start."""
+        self._sample()
+        return self.foreign_s
+
+    def ours(self) -> float:
+        """CPU seconds this bench's process tree used since the start (whole intervals of processes
+        that ended between two samples may be missed: read it around windows where none end)."""
+        self._sample()
+        return self.ours_s
+
+    def stop(self) -> None:
+        self._halt.set()
+
+
+# -- the network, the data order, one epoch ---------------------------------------------------------
+
+
+def build_mlp() -> nn.Sequential:
+    """784-256-128-10 with relu, Xavier-uniform weights and zero biases after torch.manual_seed(SEED):
+    the same calls in the same order as deepgrid's MLP.build, hence the same initial weights."""
+    torch.manual_seed(SEED)
+    sizes = (N_IN, *HIDDEN)
+    layers: list[nn.Module] = []
+    for i in range(len(HIDDEN)):
+        layers += [_init(nn.Linear(sizes[i], sizes[i + 1])), nn.ReLU()]
+    layers.append(_init(nn.Linear(sizes[-1], N_OUT)))
+    return nn.Sequential(*layers)
+
+
+def _init(layer: nn.Linear) -> nn.Linear:
+    with torch.no_grad():
+        nn.init.xavier_uniform_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def initial_params_match() -> bool:
+    """build_mlp() and deepgrid's MLP start from the very same weights (and order their parameters
+    the same way, so a deepgrid flat vector loads into build_mlp())."""
+    from deepgrid.config.network import NeuralNetConfiguration
+    from deepgrid.models.mlp import MLP
+
+    ours = torch.cat([p.detach().reshape(-1) for p in build_mlp().parameters()]).numpy()
+    theirs = MLP(NeuralNetConfiguration(hidden_layer_sizes=HIDDEN, activation="relu")).get_flat_params()
+    return ours.shape == theirs.shape and bool(np.array_equal(ours, theirs))
+
+
+def epoch_permutation(n: int, epoch: int) -> torch.Tensor:
+    """The same permutation deepgrid's ArrayDataset.batch_order draws for (seed, epoch)."""
+    g = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def epoch_batches(n: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """(n_batches, BATCH) example indices of this rank's batches of ``epoch``."""
+    perm = epoch_permutation(n, epoch)
+    if world > 1:  # DistributedSampler(shuffle=True, drop_last=True): rank r takes perm[r::world]
+        perm = perm[rank : (n // world) * world : world]
+    nb = len(perm) // BATCH
+    return perm[: nb * BATCH].view(nb, BATCH)
+
+
+def train_epoch(module: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                batches: torch.Tensor, sleep_s: float = 0.0) -> tuple[int, float]:
+    """One epoch of plain SGD over ``batches``; returns (samples, mean loss). ``sleep_s`` per batch
+    makes a straggler (bench_strategies.py --stragglers)."""
+    module.train()
+    total = torch.zeros(())
+    for idx in batches:
+        if sleep_s:
+            time.sleep(sleep_s)
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(module(xb), yb)
+        loss.backward()
+        opt.step()
+        total += loss.detach() * len(idx)
+    n = batches.numel()
+    return n, float(total) / max(n, 1)
+
+
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    module.eval()
+    with torch.no_grad():
+        pred = torch.cat([module(chunk).argmax(1) for chunk in x.split(8192)])
+    return float((pred == y).float().mean())
+
+
+def load_data(limit: int | None) -> tuple[Any, Any]:
+    """(train, test) deepgrid ArrayDatasets; ``limit`` keeps the first ``limit`` training examples."""
+    from deepgrid.config.conf import Conf
+    from deepgrid.data.mnist import load_splits
+
+    return load_splits(Conf(model="mlp", data_dir=DATA_DIR, train_limit=limit))
+
+
+def quiet_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def deepgrid_conf(workers: int, k: int, epochs: int, job_name: str, **more: Any) -> Any:
+    """deepgrid's Conf for the competitors' job: the same network, optimizer and batch."""
+    from deepgrid.config.conf import Conf
+
+    return Conf(model="mlp", workers=workers, threads_per_worker=1,
+                network=dict(hidden_layer_sizes=list(HIDDEN), activation="relu", finetune_lr=LR,
+                             momentum=MOMENTUM, optimizer="sgd"),
+                batch_size=BATCH, epochs=epochs, averaging_frequency=k, job_name=job_name, **more)
+
+
+# -- the loop every DDP / Ray Train rank runs --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a DDP or Ray Train rank does besides training ``epochs`` epochs."""
+
+    epochs: int
+    # Test accuracy this many times per epoch, on rank 0, off the clock (0: once, at the end).
+    evals_per_epoch: int = 0
+    t0: float = 0.0  # time.monotonic() when the contender started: curve times count from it
+    slow_rank: int = -1  # this rank sleeps ``sleep_s`` before each batch (a straggler)
+    sleep_s: float = 0.0
+
+
+def rank_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, tx: Any, ty: Any, rank: int, world: int,
+              plan: Plan) -> dict[str, Any]:
+    """Train ``plan.epochs`` epochs of this rank's shard with SGD. Returns the totals over all ranks
+    (samples, the slowest rank's seconds without evaluations, CPU seconds) and, on rank 0, the test
+    accuracy and the curve: [seconds since plan.t0 without evaluations, samples, accuracy] per
+    evaluation. ``tx``, ``ty``: the test set, or a function that gives it (read on rank 0 only)."""
+    import torch.distributed as dist
+
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    module = getattr(model, "module", model)
+    if dist.is_initialized():
+        dist.barrier()
+    cpu0, start = time.process_time(), time.perf_counter()
+    samples, eval_s, eval_cpu, curve = 0, 0.0, 0.0, []
+    sleep_s = plan.sleep_s if rank == plan.slow_rank else 0.0
+
+    def evaluate() -> float:
+        nonlocal eval_s, eval_cpu, tx, ty
+        if callable(tx):
+            tx, ty = tx()
+        at = time.monotonic() - plan.t0 - eval_s
+        e0, c0 = time.perf_counter(), time.process_time()
+        acc = accuracy(module, tx, ty)
+        eval_s += time.perf_counter() - e0
+        eval_cpu += time.process_time() - c0
+        curve.append([round(at, 3), samples * world, acc])
+        return acc
+
+    for epoch in range(plan.epochs):
+        for chunk in epoch_batches(len(x), epoch, rank, world).tensor_split(max(plan.evals_per_epoch, 1)):
+            n, _ = train_epoch(model, opt, x, y, chunk, sleep_s)
+            samples += n
+            if plan.evals_per_epoch and rank == 0:
+                evaluate()
+    # The other ranks wait for rank 0 while it evaluates: take its evaluation time off everyone's clock.
+    totals = torch.tensor([float(samples), time.perf_counter() - start, time.process_time() - cpu0 - eval_cpu,
+                           eval_s], dtype=torch.float64)
+    sums = totals.clone()
+    if dist.is_initialized():
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        dist.all_reduce(totals, op=dist.ReduceOp.MAX)
+    out: dict[str, Any] = {"samples": int(sums[0]), "seconds": float(totals[1] - totals[3]), "cpu": float(sums[2]),
+                           "rank": rank}
+    if rank == 0:
+        out["accuracy"] = curve[-1][2] if curve else evaluate()
+        out["curve"] = curve if plan.evals_per_epoch else []
+    return out
+
+
+# -- PyTorch DDP ------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_process(rank: int, world: int, port: int, limit: int | None, plan: Plan, out_path: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train, test = load_data(limit)
+        out = rank_loop(DistributedDataParallel(build_mlp()), train.x, train.y, test.x, test.y, rank, world, plan)
+        if rank == 0:
+            with open(out_path, "w") as f:
+                json.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ddp(limit: int | None, plan: Plan, world: int = 2) -> tuple[dict[str, Any], float]:
+    """DDP, gloo, ``world`` spawned processes of 1 thread: (rank 0's rank_loop result, wall seconds from
+    the spawn to its return)."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = os.path.join(tmp, "ddp.json")
+        start = time.perf_counter()
+        mp.spawn(_ddp_process, args=(world, free_port(), limit, plan, out_path), nprocs=world, join=True)
+        wall = time.perf_counter() - start
+        with open(out_path) as f:
+            return json.load(f), wall
+
+
+# -- Ray Train --------------------------------------------------------------------------------------
+
+
+def _ray_train_loop(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    torch.set_num_threads(1)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    refs = config["refs"]
+
+    def arrays(a: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        with warnings.catch_warnings():  # zero-copy read-only views of the object store; we only read them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(ray.get(a)), torch.from_numpy(ray.get(b))
+
+    x, y = arrays(refs[0], refs[1])
+    model = ray.train.torch.prepare_model(build_mlp())
+    metrics = rank_loop(model, x, y, lambda: arrays(refs[2], refs[3]), None, rank, world, Plan(**config["plan"]))
+    if rank != 0:
+        ray.train.report(metrics)  # every worker must report, as often as rank 0
+        return
+    # Ray Train v2 keeps a run's metrics only with a checkpoint (Result.metrics is None otherwise):
+    # rank 0 reports a tiny one holding just the metrics.
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "metrics.json"), "w") as f:
+            json.dump(metrics, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def run_ray_train(train: Any, test: Any, plan: Plan, world: int = 2,
+                  name: str = "bench") -> tuple[dict[str, Any], float]:
+    """Ray Train TorchTrainer, ``world`` workers of 1 CPU: (rank 0's rank_loop result, wall seconds from
+    ray.init to after ray.shutdown)."""
+    import ray
+    import ray.cloudpickle
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    # Ray's workers cannot import this module (bench/ is not on their path): ship it with the loop.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    quiet_ray()
+    with tempfile.TemporaryDirectory() as storage:
+        start = time.perf_counter()
+        ray.init(address="local", num_cpus=world, include_dashboard=False, logging_level="WARNING")
+        try:
+            refs = [ray.put(a.numpy()) for a in (train.x, train.y, test.x, test.y)]
+            trainer = TorchTrainer(
+                _ray_train_loop,
+                train_loop_config={"refs": refs, "plan": asdict(plan)},
+                scaling_config=ScalingConfig(num_workers=world, use_gpu=False, resources_per_worker={"CPU": 1}),
+                run_config=RunConfig(name=name, storage_path=storage),
+            )
+            result = trainer.fit()
+        finally:
+            ray.shutdown()
+        wall = time.perf_counter() - start
+    if result.error:
+        raise RuntimeError(f"Ray Train failed: {result.error}")
+    if not result.metrics:
+        raise RuntimeError("Ray Train's Result carries no metrics")
+    return result.metrics, wall
