@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deepgrid.config.conf import STRATEGIES
 from deepgrid.errors import ConfigError, DeepgridError, invalid
 from deepgrid.report import evaluate_saved, report
 
@@ -59,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", "-w", type=positive_int, help="local worker actors (default: one per CPU core)")
     train.add_argument("--averaging-frequency", "-k", type=positive_int,
                        help="mini-batches each worker trains between parameter averages")
+    train.add_argument("--strategy", choices=STRATEGIES,
+                       help="how workers' training is combined (default average; see README)")
     train.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
     train.add_argument("--state", metavar="URL",
                        help="Conf.state_url: memory:// (default) or redis://[:PASSWORD@]HOST:PORT/DB")
@@ -77,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     master.add_argument("--min-workers", type=positive_int, default=1, help="train once this many workers are present")
     master.add_argument("--workers", "-w", type=int, default=0,
                         help="worker actors to start on the master's own machine too (default 0)")
+    master.add_argument("--strategy", choices=STRATEGIES,
+                        help="how workers' training is combined (default average; see README)")
     master.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
     master.add_argument("--state", metavar="URL",
                         help="Conf.state_url: memory:// (default) or redis://[:PASSWORD@]HOST:PORT/DB")
@@ -170,7 +175,7 @@ def load_conf(args: argparse.Namespace) -> Any:
     conf = conf.replace(model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                         data_dir=args.data_dir, dataset=args.dataset, train_limit=args.train_limit,
                         test_limit=args.test_limit, workers=getattr(args, "workers", None),
-                        averaging_frequency=getattr(args, "averaging_frequency", None))
+                        averaging_frequency=getattr(args, "averaging_frequency", None), strategy=args.strategy)
     return conf
 
 
@@ -220,7 +225,8 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     if args.workers < 0:
         raise ConfigError(invalid("--workers", args.workers, "0 or more"))
     port = args.port or DEFAULT_PORT
-    conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}", state_url=args.state)
+    conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}", state_url=args.state,
+                                        strategy=args.strategy)
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))

@@ -33,7 +33,7 @@ from deepgrid.errors import ConfigError, invalid
 
 DATASETS = ("fashion-mnist", "mnist")
 # Each has a module in deepgrid/distributed/strategies/.
-STRATEGIES = ("average",)
+STRATEGIES = ("average", "async")
 
 RULES: dict[str, Rule] = {
     "model": Rule("str"),
@@ -50,6 +50,7 @@ RULES: dict[str, Rule] = {
     "block_momentum": Rule("opt_float", low=0, high=0.99),
     "pull_jobs": Rule("bool"),
     "strategy": Rule("choice", choices=STRATEGIES),
+    "max_staleness": NON_NEGATIVE_INT,
     "data_feed": Rule("choice", choices=("object_store", "files")),
     "device": Rule("choice", choices=("cpu", "cuda")),
     "threads_per_worker": POSITIVE_INT,
@@ -102,6 +103,9 @@ class Conf:
     pull_jobs: bool = True
     # How the master turns the workers' results into the next parameters (deepgrid.distributed.strategies).
     strategy: str = "average"
+    # async: an update computed from parameters that more than this many other updates have changed
+    # since counts less (1 / (1 + excess)); with N workers the usual staleness is N - 1.
+    max_staleness: int = 4
     # "object_store": the master puts the data into Ray's object store once and workers map it
     # (zero-copy on one machine); "files": each worker reads the data files from its own disk.
     data_feed: str = "object_store"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from deepgrid.checkpoint import CheckpointWriter
+from deepgrid.config.conf import Conf
 from deepgrid.distributed.strategies.base import JobResult
 from deepgrid.state.base import StateTracker
 from deepgrid.state.status import status_path, write_status
@@ -106,6 +108,35 @@ class TrackerRecorder:
 
     def __init__(self, tracker: StateTracker) -> None:
         self.tracker = tracker
+
+    def start_run(self, conf: Conf, resumed: RunProgress | None, say: Callable[[str], None]) -> None:
+        """Record the run's start; ``resumed``: where the checkpoint the run resumes from stood.
+
+        Resuming adopts what the previous master left in the tracker (the ledger of the epoch
+        under way, the metrics) but drops its workers: they lived in its engine (a local Ray dies
+        with the master, and `deepgrid worker` processes lose the head they joined), so their
+        entries would show dead workers as live. Workers of this run register afresh.
+        """
+        tracker = self.tracker
+        fields: dict[str, Any] = dict(job_name=conf.job_name, status="starting", batch_size=conf.batch_size,
+                                      patience=conf.patience, min_improvement=conf.min_improvement, begun=True,
+                                      done=False)
+        if resumed is None:
+            tracker.update_run(**fields, started_at=time.time())
+            return
+        before = tracker.run_state()
+        stale = sorted(tracker.workers())
+        for worker_id in stale:
+            tracker.remove_worker(worker_id)
+        if stale:
+            say(f"removed {len(stale)} worker(s) of the previous master from the state tracker: {', '.join(stale)}")
+        if before.round > resumed.round:
+            say(f"the previous master had reached round {before.round}; "
+                f"{before.round - resumed.round} round(s) after the checkpoint are trained again")
+        fields.update(round=resumed.round, param_version=resumed.round, phase=resumed.phase, epoch=resumed.epoch)
+        if not before.started_at:
+            fields["started_at"] = time.time()
+        tracker.update_run(**fields)
 
     def on_round_end(self, master: ActorNetworkRunner, report: RoundReport) -> None:
         self.tracker.update_run(round=report.round, param_version=report.round, last_loss=report.loss)

@@ -36,6 +36,10 @@ class Dispatcher:
         self.group, self.tracker, self.conf, self.policy, self.say = group, tracker, conf, policy, say
         self.job_seconds: deque[float] = deque(maxlen=50)  # recent jobs' seconds, for the round deadline
         self.batch_seconds: dict[str, float] = {}  # each worker's seconds per mini-batch, last job
+        # Without barrier (run_async) calls outlive a round: call -> (worker, job, started, version).
+        self._calls: dict[Any, tuple[str, Job, float, int]] = {}
+        self._pings: dict[Any, str] = {}
+        self._seen: dict[str, float] = {}
 
     @property
     def workers(self) -> dict:
@@ -106,7 +110,85 @@ class Dispatcher:
             self._overran(ref, calls[ref], deadline, seen)
         return results
 
-    def _collect(self, ref: Any, worker_id: str, job: Job) -> JobResult | None:
+    def run_async(self, current: Callable[[], tuple[np.ndarray, int]], apply: Callable[[JobResult], None],
+                  quota: int) -> list[JobResult] | None:
+        """Strategies without barrier: keep every free worker busy with a job that starts from the
+        newest parameters (``current()``: the parameters and their version), ``apply`` each result
+        the moment it comes, and return after ``quota`` results or when no job is left running.
+        Calls still running when it returns go on, and are collected by the next call: nobody
+        waits for a slower worker. None when no worker was free and none was busy with a job.
+        """
+        import ray
+
+        self.watch_overruns()
+        self._top_up(current)
+        if not self._calls:
+            if any(h.overrun is None for h in self.workers.values()) and self.tracker.pending_jobs():
+                raise ClusterError(f"The state tracker holds {self.tracker.pending_jobs()} pending job(s) but handed "
+                                   "none to the free workers; its state is inconsistent (another master on the same "
+                                   "job name?). The last checkpoint is kept: resume with --resume.")
+            self.watch_overruns(wait_s=PING_EVERY_S)
+            return None
+        deadline, results = self.deadline(), []
+        looked = time.monotonic()
+        while self._calls and len(results) < quota:
+            since, looked = self._discount_held_up(0.0, looked, self._seen)
+            if since:  # the master was held up: every running call's clock moves on by as much
+                self._calls = {ref: (w, j, started + since, v) for ref, (w, j, started, v) in self._calls.items()}
+            ready, _ = ray.wait(list(self._calls) + list(self._pings), num_returns=1, timeout=PING_EVERY_S)
+            looked = time.monotonic()
+            for ref in ready:
+                if ref in self._pings:
+                    self._heard(ref)
+                    continue
+                worker_id, job, _, version = self._calls.pop(ref)
+                self._seen[worker_id] = time.monotonic()
+                result = self._collect(ref, worker_id, job, version)
+                if result is not None:
+                    apply(result)
+                    results.append(result)
+                self._top_up(current)  # this worker (and any other free one) goes on at once
+            now = time.monotonic()
+            for ref, (worker_id, job, started, _) in list(self._calls.items()):
+                if now - started > deadline:
+                    del self._calls[ref]
+                    self._overran(ref, (worker_id, job), deadline, self._seen)
+            running = {ref: (w, j) for ref, (w, j, _, _) in self._calls.items()}
+            kept = set(self._check_heartbeats(list(running), running, self._pings, self._seen))
+            self._calls = {ref: call for ref, call in self._calls.items() if ref in kept}
+        return results
+
+    def _top_up(self, current: Callable[[], tuple[np.ndarray, int]]) -> None:
+        """Give each worker that is neither running a job nor busy with an overrun one a job."""
+        import ray
+
+        busy = {worker_id for worker_id, _, _, _ in self._calls.values()}
+        params_ref, version = None, 0
+        for worker_id, handle in list(self.workers.items()):
+            if worker_id in busy or handle.overrun is not None:
+                continue
+            job = self.tracker.claim_job(worker_id)
+            if job is None:
+                return
+            if params_ref is None:
+                params, version = current()
+                params_ref = ray.put(params)  # one copy for every worker topped up now
+            now = time.monotonic()
+            self._calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job, now, version)
+            self._seen[worker_id] = now
+
+    def _heard(self, ping: Any) -> None:
+        import ray
+
+        worker_id = self._pings.pop(ping)
+        try:
+            ray.get(ping)
+        except ray.exceptions.RayError:
+            return  # a dead worker: its job's call reports that
+        self._seen[worker_id] = time.monotonic()
+        self.tracker.heartbeat(worker_id)
+
+    def _collect(self, ref: Any, worker_id: str, job: Job, version: int = 0) -> JobResult | None:
         """Read a finished job's result and record it in the tracker; None if it failed or is stale."""
         import ray
 
@@ -132,7 +214,7 @@ class Dispatcher:
             return None  # the job was taken away meanwhile (re-queued): another worker trains it
         self.batch_seconds[worker_id] = raw["seconds"] / job.n_batches
         self.job_seconds.append(raw["seconds"])
-        return JobResult(worker_id, job, raw["update"], raw["n_samples"], raw["loss"], raw["seconds"])
+        return JobResult(worker_id, job, raw["update"], raw["n_samples"], raw["loss"], raw["seconds"], version)
 
     def _overran(self, ref: Any, call: tuple[str, Job], deadline: float, seen: dict[str, float]) -> None:
         worker_id, job = call

@@ -40,7 +40,7 @@ from deepgrid.distributed.callbacks import (
 )
 from deepgrid.distributed.dispatch import Dispatcher
 from deepgrid.distributed.policy import FailurePolicy
-from deepgrid.distributed.strategies import Strategy, make_strategy
+from deepgrid.distributed.strategies import JobResult, Strategy, make_strategy
 from deepgrid.distributed.worker import build_named_model
 from deepgrid.distributed.workers import (
     NODE_CHECK_EVERY_S,
@@ -163,21 +163,15 @@ class ActorNetworkRunner:
         # round reached. A fresh run starts empty.
         self.tracker = tracker = tracker_from_url(conf.state_url, job_name=conf.job_name, fresh=resume is None,
                                                   master=True)
-        run_fields: dict[str, Any] = dict(
-            job_name=conf.job_name, status="starting", batch_size=conf.batch_size, patience=conf.patience,
-            min_improvement=conf.min_improvement, begun=True, done=False)
-        if resume is not None:
-            self._take_over_tracker(run_fields)
-        else:
-            run_fields["started_at"] = time.time()
-        tracker.update_run(**run_fields)
+        recorder = TrackerRecorder(tracker)
+        recorder.start_run(conf, self.progress if resume is not None else None, self._say)
         self.status_file = StatusFile(tracker, conf.job_name)
         if conf.checkpoint_dir is not None:
             writer = CheckpointWriter(Path(conf.checkpoint_dir), factory(), conf.keep_checkpoints,
                                       run_id=resumed.get("run_id"))
             self.checkpointer = Checkpointer(writer, conf.to_dict(mask_secrets=True), conf.checkpoint_every)
             self.checkpointer.commit(self.params, self.progress, self.strategy.state_dict())
-        self.callbacks = [c for c in (self.checkpointer, TrackerRecorder(tracker), self._history, self.status_file)
+        self.callbacks = [c for c in (self.checkpointer, recorder, self._history, self.status_file)
                           if c is not None]
         if conf.data_feed == "files" and self.iterator is not None:
             raise ConfigError("data_feed: files makes each worker read the Conf's data set from its own disk, "
@@ -200,30 +194,6 @@ class ActorNetworkRunner:
         self.group.remember_nodes()
         self.status_file.write(force=True)
         return self
-
-    def _take_over_tracker(self, run_fields: dict[str, Any]) -> None:
-        """Resuming: adopt what the previous master left in the tracker, and drop its workers.
-
-        Its workers lived in its engine (a local Ray dies with the master, and `deepgrid worker`
-        processes lose the head they joined), so their entries would show dead workers as live;
-        workers of this run register afresh. The ledger and the metrics are kept.
-        """
-        tracker = self.tracker
-        assert tracker is not None
-        before = tracker.run_state()
-        stale = sorted(tracker.workers())
-        for worker_id in stale:
-            tracker.remove_worker(worker_id)
-        if stale:
-            self._say(f"removed {len(stale)} worker(s) of the previous master from the state tracker: "
-                      f"{', '.join(stale)}")
-        if before.round > self.round:
-            self._say(f"the previous master had reached round {before.round}; "
-                      f"{before.round - self.round} round(s) after the checkpoint are trained again")
-        run_fields.update(round=self.round, param_version=self.round, phase=self.progress.phase,
-                          epoch=self.progress.epoch)
-        if not before.started_at:
-            run_fields["started_at"] = time.time()
 
     def _training_data(self, conf: Conf) -> tuple[ArrayDataset, ArrayDataset | None]:
         data = as_dataset(self.iterator, conf.network.n_in, conf.network.n_out) if self.iterator is not None else load_splits(conf)[0]
@@ -326,7 +296,7 @@ class ActorNetworkRunner:
             self.tracker.update_run(best_loss=self.progress.best_loss, bad_checks=self.progress.bad_checks)
             self._say(f"  validation loss {validation:.4f} (best {self.progress.best_loss:.4f})")
 
-    def _round(self, phase: Phase) -> list:
+    def _round(self, phase: Phase) -> list[JobResult]:
         """One round: the dispatcher runs jobs on the workers, the strategy combines their results."""
         group, dispatcher = self.group, self.dispatcher
         group.check_new_nodes()
@@ -334,13 +304,17 @@ class ActorNetworkRunner:
             group.accept_joined()
         if not group.workers:
             raise ClusterError("No live workers are left; the last checkpoint is kept. Start workers and --resume.")
-        self.strategy.before_round(group)
+        strategy = self.strategy
+        strategy.before_round(group)
         started = time.monotonic()
-        results = dispatcher.run_round(self.params)
+        if strategy.barrier:
+            results = dispatcher.run_round(self.params)
+            if results:
+                self.params = strategy.combine(self.params, results)
+        else:  # each result is applied as it comes; a "round" is as many results as workers
+            results = dispatcher.run_async(lambda: (self.params, strategy.version), self._apply, len(group.workers))
         if results is None:  # every worker was busy with an overrun job: no round
             return []
-        if results:
-            self.params = self.strategy.combine(self.params, results)
         self.progress.round += 1
         self.progress.done_jobs.update(r.job.index for r in results)
         report = RoundReport(self.progress.round, phase.name, results, time.monotonic() - started)
@@ -350,6 +324,9 @@ class ActorNetworkRunner:
         if self.on_round is not None:
             self.on_round(self)
         return results
+
+    def _apply(self, result: JobResult) -> None:
+        self.params = self.strategy.apply(self.params, result)
 
     def _tracker_down(self) -> bool:
         """True while the (Redis) tracker is in an outage it gave up on: skip courtesy writes then."""

@@ -7,14 +7,17 @@ Conf's ``strategy:`` accepts) and a line in ``make_strategy``.
 from __future__ import annotations
 
 from deepgrid.config.conf import STRATEGIES, Conf
+from deepgrid.distributed.strategies.asynchronous import AsyncStrategy
 from deepgrid.distributed.strategies.average import AverageStrategy
 from deepgrid.distributed.strategies.base import GroupBroken, JobResult, Strategy, WorkerPlugin
 
-__all__ = ["STRATEGIES", "AverageStrategy", "GroupBroken", "JobResult", "Strategy", "WorkerPlugin", "make_strategy"]
+__all__ = ["STRATEGIES", "AsyncStrategy", "AverageStrategy", "GroupBroken", "JobResult", "Strategy", "WorkerPlugin", "make_strategy"]
 
 
 def make_strategy(conf: Conf) -> Strategy:
     """The strategy the Conf names, built from its settings."""
     if conf.strategy == "average":
         return AverageStrategy(conf.block_momentum)
+    if conf.strategy == "async":
+        return AsyncStrategy(conf.max_staleness)
     raise AssertionError(f"strategy {conf.strategy!r} passed the Conf's check but has no builder")

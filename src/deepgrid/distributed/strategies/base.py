@@ -85,9 +85,11 @@ class Strategy:
         """Barrier strategies: the next parameters from the round's results (at least one)."""
         raise NotImplementedError
 
-    def apply(self, params: np.ndarray, result: JobResult, version: int) -> np.ndarray:
-        """Strategies without barrier: the parameters after one job's result; ``version`` counts
-        the results applied so far (the result's own ``version`` says where it started)."""
+    version = 0  # strategies without barrier: results applied so far (the parameters' version)
+
+    def apply(self, params: np.ndarray, result: JobResult) -> np.ndarray:
+        """Strategies without barrier: the parameters after one job's result (its ``version``
+        says which parameters it started from); counts ``version`` on."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, np.ndarray]:
