@@ -84,6 +84,9 @@ def test_a_worker_killed_mid_epoch_loses_no_batch() -> None:
     survivors = runner.tracker_snapshot["workers"]
     assert killed and killed[0] not in survivors  # noticed and dropped
     assert len(survivors) == 2
+    kinds = {(e.kind, e.worker_id) for e in runner.events.recent(500)}  # what the dashboard lists
+    assert ("dropped", killed[0]) in kinds and ("started", None) in kinds
+    assert any(e.kind == "checkpoint" for e in runner.events.recent(500)) is False  # no checkpoint_dir here
     n_batches = TRAIN.n_batches(16)
     for epoch in range(2):
         assert runner_ledger(runner, epoch) == {i: 1 for i in range(n_batches)}  # every batch, exactly once

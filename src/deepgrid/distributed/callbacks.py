@@ -19,6 +19,7 @@ import numpy as np
 
 from deepgrid.checkpoint import CheckpointWriter
 from deepgrid.config.conf import Conf
+from deepgrid.distributed.events import EventLog
 from deepgrid.distributed.strategies.base import JobResult
 from deepgrid.state.base import StateTracker
 from deepgrid.state.status import status_path, write_status
@@ -61,8 +62,10 @@ class Checkpointer:
     tracker moves on, the previous save is waited for, so a killed master loses at most one round.
     """
 
-    def __init__(self, writer: CheckpointWriter, conf_dict: dict[str, Any], every: int) -> None:
-        self.writer, self.conf_dict, self.every = writer, conf_dict, every
+    def __init__(self, writer: CheckpointWriter, conf_dict: dict[str, Any], every: int,
+                 events: EventLog | None = None) -> None:
+        self.writer, self.conf_dict, self.every, self.events = writer, conf_dict, every, events
+        self._reported: Path | None = None
         self.committed: tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]] | None = None
         self.wait_s = 0.0  # time rounds spent waiting for the background writer
 
@@ -81,8 +84,11 @@ class Checkpointer:
     def settle(self) -> None:
         """Wait for the checkpoint written while this round trained (almost always on disk already)."""
         started = time.perf_counter()
-        self.writer.flush()
+        written = self.writer.flush()
         self.wait_s += time.perf_counter() - started
+        if self.events is not None and written is not None and written != self._reported:
+            self._reported = written
+            self.events(f"checkpoint written: {written}", "checkpoint", quiet=True)  # every round: not printed
 
     def save(self, status: str | None = None, *, wait: bool = True) -> Path | None:
         """Save the last commit (never the tracker's view: it may be unreachable). ``wait`` blocks
@@ -140,9 +146,11 @@ class TrackerRecorder:
 
     def on_round_end(self, master: ActorNetworkRunner, report: RoundReport) -> None:
         self.tracker.update_run(round=report.round, param_version=report.round, last_loss=report.loss)
-        self.tracker.record_metrics({"round": report.round, "phase": report.phase, "loss": report.loss,
-                                     "samples": report.n_samples, "workers": len(report.results),
-                                     "seconds": round(report.seconds, 4)})
+        metrics = {"round": report.round, "phase": report.phase, "loss": report.loss, "samples": report.n_samples,
+                   "workers": len(report.results), "seconds": round(report.seconds, 4)}
+        # A strategy may add its own figures per round (`sharing`: the bytes its workers sent).
+        metrics.update(getattr(master.strategy, "round_metrics", {}))
+        self.tracker.record_metrics(metrics)
 
 
 class History:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from deepgrid.config.conf import Conf
+from deepgrid.distributed.events import EventLog
 from deepgrid.distributed.policy import Failure, FailureKind, FailurePolicy
 from deepgrid.distributed.strategies.base import GroupBroken, JobResult
 from deepgrid.distributed.workers import WorkerGroup, first_line
@@ -32,7 +33,7 @@ PING_EVERY_S = 1.0  # how often a worker busy with a job is asked whether it sti
 
 class Dispatcher:
     def __init__(self, group: WorkerGroup, tracker: StateTracker, conf: Conf, policy: FailurePolicy,
-                 say: Callable[[str], None]) -> None:
+                 say: EventLog) -> None:
         self.group, self.tracker, self.conf, self.policy, self.say = group, tracker, conf, policy, say
         self.job_seconds: deque[float] = deque(maxlen=50)  # recent jobs' seconds, for the round deadline
         self.batch_seconds: dict[str, float] = {}  # each worker's seconds per mini-batch, last job
@@ -200,7 +201,8 @@ class Dispatcher:
             return None
         except ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, GroupBroken):  # a peer of a shared step is gone, not this worker's fault
-                self.say(f"deepgrid: worker {worker_id} lost a peer in job {job.id} ({first_line(e)}); job re-queued")
+                self.say(f"deepgrid: worker {worker_id} lost a peer in job {job.id} ({first_line(e)}); job re-queued",
+                         "requeued", worker_id=worker_id, job_id=job.id)
                 self.tracker.release_job(worker_id)
                 self.group.broken = True
                 return None
@@ -284,7 +286,8 @@ class Dispatcher:
                 pass  # its job was re-queued already; the error is the stale job's
             handle.overrun = handle.overrun_ping = None
             self.tracker.set_enabled(worker_id, True)
-            self.say(f"deepgrid: worker {worker_id} finished its overrun job and gets jobs again")
+            self.say(f"deepgrid: worker {worker_id} finished its overrun job and gets jobs again", "enabled",
+                     worker_id=worker_id)
 
     def watch_overruns(self, wait_s: float = 0.0) -> None:
         """Ping the workers busy with an overrun call and drop one silent for ``heartbeat_timeout_s``
@@ -344,7 +347,9 @@ class Dispatcher:
     def failure(self, failure: Failure) -> None:
         """Apply the policy's decision: re-queue the job, drop the worker, or stop."""
         decision = self.policy.decide(failure, live_workers=len(self.workers))
-        self.say(f"deepgrid: {decision.reason}")
+        kind = "dropped" if decision.drop_worker else "requeued" if decision.requeue_job else "failure"
+        self.say(f"deepgrid: {decision.reason}", kind, worker_id=failure.worker_id,
+                 job_id=failure.job.id if failure.job else None)
         if decision.requeue_job:
             self.tracker.release_job(failure.worker_id)
         if decision.drop_worker:

@@ -39,6 +39,7 @@ from deepgrid.distributed.callbacks import (
     TrackerRecorder,
 )
 from deepgrid.distributed.dispatch import Dispatcher
+from deepgrid.distributed.events import EventLog
 from deepgrid.distributed.policy import FailurePolicy
 from deepgrid.distributed.strategies import JobResult, Strategy, make_strategy
 from deepgrid.distributed.worker import build_named_model
@@ -69,7 +70,9 @@ class ActorNetworkRunner:
             raise ConfigError(f"ActorNetworkRunner runs the master; got role {role!r}. Start workers with `deepgrid worker`.")
         self.iterator = iterator
         self._model_factory = model_factory
-        self._say = progress or (lambda message: log.info(message))
+        # Every part reports through one event log: printed through ``progress``, kept for the dashboard.
+        self.events = EventLog(progress or (lambda message: log.info(message)))
+        self._say = self.events
         self.conf: Conf | None = None
         self.model: Model | None = None
         self.tracker: StateTracker | None = None
@@ -147,7 +150,7 @@ class ActorNetworkRunner:
             self.progress = RunProgress.from_meta(resumed)
             self.resumed_from_round, self._resuming = self.progress.round, True
             self._say(f"resuming from round {self.progress.round} "
-                      f"({self.progress.phase or 'first phase'} epoch {self.progress.epoch + 1})")
+                      f"({self.progress.phase or 'first phase'} epoch {self.progress.epoch + 1})", "resumed")
         self.params = self.model.get_flat_params()
         self.train_data, self.validation = self._training_data(conf)
 
@@ -169,7 +172,7 @@ class ActorNetworkRunner:
         if conf.checkpoint_dir is not None:
             writer = CheckpointWriter(Path(conf.checkpoint_dir), factory(), conf.keep_checkpoints,
                                       run_id=resumed.get("run_id"))
-            self.checkpointer = Checkpointer(writer, conf.to_dict(mask_secrets=True), conf.checkpoint_every)
+            self.checkpointer = Checkpointer(writer, conf.to_dict(mask_secrets=True), conf.checkpoint_every, self.events)
             self.checkpointer.commit(self.params, self.progress, self.strategy.state_dict())
         self.callbacks = [c for c in (self.checkpointer, recorder, self._history, self.status_file)
                           if c is not None]
@@ -235,6 +238,7 @@ class ActorNetworkRunner:
                                   on_phase=lambda phase: self.strategy.begin_phase(), on_epoch=self._epoch_done)
             if not finished:
                 self.stopped_reason = "early stopping"
+                self._say(f"stopped early: no validation gain in {conf.patience} epoch(s)", "stopped")
         except BaseException as error:
             self._fail(error)
             raise
@@ -284,7 +288,7 @@ class ActorNetworkRunner:
         self.ledger[(phase.name, epoch)] = tracker.trained_batches(phase.name, epoch)
         mean_loss = loss_sum / max(seen, 1)
         self._say(f"{phase.name} epoch {epoch + 1}/{phase.epochs}: loss {mean_loss:.4f} "
-                  f"({len(self.workers)} workers, round {self.round})")
+                  f"({len(self.workers)} workers, round {self.round})", "epoch")
         return mean_loss
 
     def _validate(self) -> float:
@@ -294,7 +298,7 @@ class ActorNetworkRunner:
     def _epoch_done(self, phase: Phase, epoch: int, loss: float, validation: float | None) -> None:
         if validation is not None:
             self.tracker.update_run(best_loss=self.progress.best_loss, bad_checks=self.progress.bad_checks)
-            self._say(f"  validation loss {validation:.4f} (best {self.progress.best_loss:.4f})")
+            self._say(f"  validation loss {validation:.4f} (best {self.progress.best_loss:.4f})", "validation")
 
     def _round(self, phase: Phase) -> list[JobResult]:
         """One round: the dispatcher runs jobs on the workers, the strategy combines their results."""

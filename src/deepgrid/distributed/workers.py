@@ -16,6 +16,7 @@ from typing import Any
 
 from deepgrid.config.conf import Conf
 from deepgrid.data.dataset import ArrayDataset
+from deepgrid.distributed.events import EventLog
 from deepgrid.distributed.host import EXTERNAL_RESOURCE
 from deepgrid.distributed.strategies.base import WorkerPlugin
 from deepgrid.distributed.worker import WorkerSpec, start_actors
@@ -43,7 +44,7 @@ class WorkerGroup:
     """The live workers of a run, by id."""
 
     def __init__(self, spec: WorkerSpec, tracker: StateTracker, home_node: str, train_data: ArrayDataset,
-                 say: Callable[[str], None], data_digest: str | None = None) -> None:
+                 say: EventLog, data_digest: str | None = None) -> None:
         self.spec, self.tracker, self.home_node, self.say = spec, tracker, home_node, say
         self.train_data = train_data
         self.data_digest = data_digest  # data_feed: files: every host's data must have this digest
@@ -59,7 +60,7 @@ class WorkerGroup:
 
     @classmethod
     def for_run(cls, conf: Conf, factory: Callable[[], Model], plugin: WorkerPlugin, tracker: StateTracker,
-                home_node: str, train_data: ArrayDataset, say: Callable[[str], None]) -> WorkerGroup:
+                home_node: str, train_data: ArrayDataset, say: EventLog) -> WorkerGroup:
         """The group for a run: how its workers get the data follows ``conf.data_feed``."""
         import ray
 
@@ -88,13 +89,14 @@ class WorkerGroup:
         infos = ray.get([actor.info.remote() for _, actor in started], timeout=300)
         taken = [worker_id for (worker_id, actor), info in zip(started, infos, strict=True)
                  if self._take(worker_id, actor, info, node_id)]
-        self.say(f"started {len(taken)} worker(s): {', '.join(taken)}")
+        self.say(f"started {len(taken)} worker(s): {', '.join(taken)}", "started")
         return taken
 
     def add(self, worker_id: str, actor: Any, info: dict[str, Any]) -> None:
         """Take on a worker started elsewhere (``deepgrid worker``); it gets jobs from the next round."""
         if self._take(worker_id, actor, info, info.get("node_id")):
-            self.say(f"worker {worker_id} joined from {info.get('host', '?')} ({info.get('ip', '?')})")
+            self.say(f"worker {worker_id} joined from {info.get('host', '?')} ({info.get('ip', '?')})", "joined",
+                     worker_id=worker_id)
 
     def _take(self, worker_id: str, actor: Any, info: dict[str, Any], node_id: str | None) -> bool:
         if not self._same_data(worker_id, actor, info):
@@ -111,7 +113,7 @@ class WorkerGroup:
             return True
         self.say(f"deepgrid: refused worker {worker_id} on host {info.get('host', '?')} ({info.get('ip', '?')}): "
                  f"its data files hold {info.get('examples')} examples with another checksum than the master's "
-                 f"{len(self.train_data)}; copy the master's data files to that host.")
+                 f"{len(self.train_data)}; copy the master's data files to that host.", "refused", worker_id=worker_id)
         kill(actor)
         return False
 
@@ -165,7 +167,7 @@ class WorkerGroup:
                 self.say(f"deepgrid: node {address} joined but cannot host a worker ({resources.get('CPU', 0):g} "
                          f"CPUs, {resources.get('GPU', 0):g} GPUs); skipped")
                 continue
-            self.say(f"node {address} joined: starting {count} worker(s) on it")
+            self.say(f"node {address} joined: starting {count} worker(s) on it", "node")
             try:
                 self.start(count, node_id)
             except (ray.exceptions.RayError, ConfigError, DataError) as e:  # the run goes on without it
