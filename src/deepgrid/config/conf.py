@@ -33,7 +33,7 @@ from deepgrid.errors import ConfigError, invalid
 
 DATASETS = ("fashion-mnist", "mnist")
 # Each has a module in deepgrid/distributed/strategies/.
-STRATEGIES = ("average", "async")
+STRATEGIES = ("average", "async", "allreduce")
 
 RULES: dict[str, Rule] = {
     "model": Rule("str"),
@@ -51,6 +51,7 @@ RULES: dict[str, Rule] = {
     "pull_jobs": Rule("bool"),
     "strategy": Rule("choice", choices=STRATEGIES),
     "max_staleness": NON_NEGATIVE_INT,
+    "allreduce_timeout_s": Rule("float", low=0.5),
     "data_feed": Rule("choice", choices=("object_store", "files")),
     "device": Rule("choice", choices=("cpu", "cuda")),
     "threads_per_worker": POSITIVE_INT,
@@ -106,6 +107,12 @@ class Conf:
     # async: an update computed from parameters that more than this many other updates have changed
     # since counts less (1 / (1 + excess)); with N workers the usual staleness is N - 1.
     max_staleness: int = 4
+    # allreduce: how long a collective step waits for a peer. A killed peer is noticed at once (its
+    # connection closes: ~20 ms measured); this bounds a hung one. Kept under the round deadline's
+    # 5 s floor, the others' jobs then go back to the queue unblamed and the group re-forms without
+    # it, instead of all of them overrunning the round (a strike each). Raise it for models whose
+    # one all-reduce takes seconds.
+    allreduce_timeout_s: float = 4.0
     # "object_store": the master puts the data into Ray's object store once and workers map it
     # (zero-copy on one machine); "files": each worker reads the data files from its own disk.
     data_feed: str = "object_store"

@@ -77,6 +77,7 @@ class Worker:
         for phase in self._phase_index:
             self.model.optimizer(phase)
         self._orders: dict[tuple[str, int], torch.Tensor] = {}
+        self.job: Job | None = None  # the job being trained: the strategy plugin's hooks may read it
         self.plugin = plugin or WorkerPlugin()  # the training strategy's half in this worker
         self.plugin.setup(self)
 
@@ -106,10 +107,14 @@ class Worker:
         order = self._order(task.phase, task.epoch)
         batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
         seed_job_noise(self.model.conf.seed, task.phase, task.epoch, task.index)
+        self.job = task
         hook = self.plugin.gradient_hook(self, task.phase)
         # Only strategies that combine gradients pass a hook: a model's own train_step override
         # (two arguments) keeps working with every other strategy.
         step = self.model.train_step(task.phase, batches, hook) if hook else self.model.train_step(task.phase, batches)
+        finish = getattr(hook, "finish", None)
+        if finish is not None:  # a hook's end of the job: e.g. the shared steps other workers still take
+            finish()
         return {"worker_id": self.worker_id, "job_id": task.id,
                 "update": self.plugin.encode(start, self.model.get_flat_params()),
                 "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started}

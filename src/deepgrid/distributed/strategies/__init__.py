@@ -7,11 +7,13 @@ Conf's ``strategy:`` accepts) and a line in ``make_strategy``.
 from __future__ import annotations
 
 from deepgrid.config.conf import STRATEGIES, Conf
+from deepgrid.distributed.strategies.allreduce import AllreduceStrategy
 from deepgrid.distributed.strategies.asynchronous import AsyncStrategy
 from deepgrid.distributed.strategies.average import AverageStrategy
 from deepgrid.distributed.strategies.base import GroupBroken, JobResult, Strategy, WorkerPlugin
 
-__all__ = ["STRATEGIES", "AsyncStrategy", "AverageStrategy", "GroupBroken", "JobResult", "Strategy", "WorkerPlugin", "make_strategy"]
+__all__ = ["STRATEGIES", "AllreduceStrategy", "AsyncStrategy", "AverageStrategy", "GroupBroken", "JobResult",
+           "Strategy", "WorkerPlugin", "make_strategy"]
 
 
 def make_strategy(conf: Conf) -> Strategy:
@@ -20,4 +22,6 @@ def make_strategy(conf: Conf) -> Strategy:
         return AverageStrategy(conf.block_momentum)
     if conf.strategy == "async":
         return AsyncStrategy(conf.max_staleness)
+    if conf.strategy == "allreduce":
+        return AllreduceStrategy(conf.allreduce_timeout_s)
     raise AssertionError(f"strategy {conf.strategy!r} passed the Conf's check but has no builder")
