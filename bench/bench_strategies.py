@@ -439,7 +439,19 @@ def run_scale(train: Any, test: Any, workers: int, k: int, epochs: int, strategy
     # Ray's CPUs are a count it schedules by, not cores: giving it `workers` of them on 2 cores places
     # one actor (num_cpus 1, threads_per_worker 1) per logical CPU, as fractional num_cpus would.
     t0 = time.monotonic()
-    engine.start_local(num_cpus=workers)
+    # Ray would also start one idle worker process per (logical) CPU ahead of need: 32 more Python
+    # processes importing on 2 cores. Fractional num_cpus would start 2; start none.
+    prestart = {"RAY_prestart_worker_first_driver": "0", "RAY_enable_worker_prestart": "0"}
+    saved = {name: os.environ.get(name) for name in prestart}
+    os.environ.update(prestart)
+    try:
+        engine.start_local(num_cpus=workers)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     times = RoundTimes()
     runner = ActorNetworkRunner("master", train)
     runner.on_round = lambda r: times.mark()
