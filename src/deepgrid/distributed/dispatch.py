@@ -37,6 +37,7 @@ class Dispatcher:
         self.group, self.tracker, self.conf, self.policy, self.say = group, tracker, conf, policy, say
         self.job_seconds: deque[float] = deque(maxlen=50)  # recent jobs' seconds, for the round deadline
         self.batch_seconds: dict[str, float] = {}  # each worker's seconds per mini-batch, last job
+        self.pull_jobs = conf.pull_jobs  # off for lockstep strategies (allreduce)
         # Without barrier (run_async) calls outlive a round: call -> (worker, job, started, version).
         self._calls: dict[Any, tuple[str, Job, float, int]] = {}
         self._pings: dict[Any, str] = {}
@@ -319,7 +320,7 @@ class Dispatcher:
         longer than that job; return its call, or None. Unknown speeds never pull."""
         handle = self.workers.get(worker_id)
         own = self.batch_seconds.get(worker_id)
-        if (not self.conf.pull_jobs or handle is None or own is None or not pending
+        if (not self.pull_jobs or handle is None or own is None or not pending
                 or not self.tracker.pending_jobs()):
             return None
         now = time.monotonic()

@@ -183,6 +183,7 @@ class ActorNetworkRunner:
                                          self.train_data, self._say)
         self.group.hosts, self.group.node_check_every_s = self._worker_hosts, self.node_check_every_s
         self.dispatcher = Dispatcher(self.group, tracker, conf, FailurePolicy(min_workers=1), self._say)
+        self.dispatcher.pull_jobs = conf.pull_jobs and not self.strategy.lockstep
         if accept_workers:
             from deepgrid.distributed.cluster import open_mailbox
 

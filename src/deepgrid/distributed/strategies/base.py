@@ -71,6 +71,9 @@ class Strategy:
 
     name = ""
     barrier = True
+    # True: every worker of a round takes every step together (a shared collective): no worker may
+    # pull a second job of the round while the others are done.
+    lockstep = False
 
     def worker_plugin(self) -> WorkerPlugin:
         return WorkerPlugin()
