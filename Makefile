@@ -20,7 +20,7 @@ system-packages:
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,cluster]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,cluster,plots,tensorboard]"
 	touch $(STAMP)
 
 run: setup

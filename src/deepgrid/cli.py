@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -22,7 +23,8 @@ from typing import Any
 
 from deepgrid.config.conf import STRATEGIES
 from deepgrid.errors import ConfigError, DeepgridError, invalid
-from deepgrid.report import evaluate_saved, report
+from deepgrid.report import add_report_command, evaluate_saved, report
+from deepgrid.train.logs import add_verbosity_flags, configure_cli_logging, level_of, show_configuration
 
 EXIT_USER_ERROR = 2
 
@@ -128,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--test-limit", type=positive_int, help="use only the first N test examples")
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
     evaluate.set_defaults(func=cmd_evaluate)
+    add_report_command(sub)
+    add_verbosity_flags(parser, sub.choices.values())
     return parser
 
 
@@ -156,7 +160,7 @@ def add_conf_commands(sub: Any) -> None:
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    logging.getLogger("deepgrid").info(message)  # stderr, timestamped; -q hides it (train/logs.py)
 
 
 def output_dir(args: argparse.Namespace, conf: Any) -> Path:
@@ -188,20 +192,22 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None and not args.single_process:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
-    log("deepgrid: effective configuration\n" + conf.describe())
+    show_configuration(conf.describe(), checked=False)  # -v only: else once setup checked it all
     if args.threads:
         torch.set_num_threads(args.threads)
     train_data, test_data = load_splits(conf)
     if args.single_process:
         from deepgrid.train.single import train_single_process
 
-        model, result = train_single_process(conf, train_data, log)
+        model, result = train_single_process(conf, train_data, log, output)
         workers, samples_per_s, elapsed, runner = 1, result.samples_per_s, result.elapsed_s, None
     else:
+        from deepgrid.distributed.metrics_file import begin_outputs
         from deepgrid.distributed.runner import ActorNetworkRunner
 
         with ActorNetworkRunner("master", master_data(conf, train_data), progress=log) as runner:
             runner.setup(conf, resume=args.resume)
+            begin_outputs(runner, output, resumed=args.resume is not None)
             log(f"deepgrid: training {conf.model} ({runner.model.n_params:,} parameters) on "
                 f"{len(runner.train_data):,} examples with {len(runner.workers)} workers")
             model = runner.train()
@@ -220,6 +226,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     from deepgrid.data.mnist import load_splits
     from deepgrid.distributed.engine import DEFAULT_PORT
     from deepgrid.distributed.head import master_head
+    from deepgrid.distributed.metrics_file import begin_outputs
     from deepgrid.distributed.runner import ActorNetworkRunner
 
     if args.workers < 0:
@@ -230,12 +237,13 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
-    log("deepgrid: effective configuration\n" + conf.describe())
+    show_configuration(conf.describe(), checked=False)
     train_data, test_data = load_splits(conf)
     with master_head(args.bind, port, conf.job_name, conf.model, resume=bool(args.resume), say=log) as head:
         publish_master(args, conf, head.address)
         with ActorNetworkRunner("master", master_data(conf, train_data), progress=log) as runner:
             runner.setup(conf, resume=args.resume, local_workers=args.workers, accept_workers=True)
+            begin_outputs(runner, output, resumed=args.resume is not None)
             runner.wait_for_workers(args.min_workers, hint=f"Start one with: deepgrid worker -ad {head.address} -a {conf.model}")
             log(f"deepgrid: training {conf.model} ({runner.model.n_params:,} parameters) on "
                 f"{len(runner.train_data):,} examples with {len(runner.workers)} workers")
@@ -288,7 +296,7 @@ def publish_master(args: argparse.Namespace, conf: Any, address: str) -> None:
     except DeepgridError as e:
         if url:  # a registry the user asked for: workers would look for the job there in vain
             raise
-        log(f"deepgrid: warning: job not registered in the default registry ({e}); workers need -ad {address}")
+        logging.getLogger("deepgrid").warning(f"deepgrid: warning: job not registered in the default registry ({e}); workers need -ad {address}")
         return
     log(f"deepgrid: job {conf.job_name!r} registered in {registry.url}; workers can join with: "
         f"deepgrid worker --registry {registry.url} --job {conf.job_name}")
@@ -368,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # read when Ray is imported, so set before any command imports it.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
+        configure_cli_logging(level_of(args))
         summary = args.func(args)
     except DeepgridError as e:
         print(f"deepgrid: error: {e}", file=sys.stderr)

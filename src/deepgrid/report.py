@@ -1,15 +1,20 @@
-"""Test-set results: what ``deepgrid train``, ``master`` and ``evaluate`` print and return.
+"""Test-set results: what ``deepgrid train``, ``master`` and ``evaluate`` print and return, and
+``deepgrid report RUN_DIR``, which draws a run's metrics files.
 
-The metrics table and the one-line summary go to stdout; the returned dict is the
-``--json`` result, so its keys are part of the command line's interface.
+The metrics table and the one-line summary go to stdout (not with ``-q``); the returned dict is
+the ``--json`` result, so its keys are part of the command line's interface. A run's directory
+gets ``evaluation.json`` beside the model.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 from typing import Any
+
+from deepgrid.train.logs import shows_progress
 
 
 def class_labels(dataset: str, n_out: int) -> list[str] | None:
@@ -24,10 +29,14 @@ def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, sa
            elapsed: float, runner: Any = None) -> dict[str, Any]:
     """After training: evaluate on the held-out test set, save the model, print and return the results."""
     evaluation = model.evaluate(test_data.x, test_data.y, labels=class_labels(conf.dataset, conf.network.n_out))
+    from deepgrid.train.metrics_file import write_evaluation
+
     model.save(output, extra={"conf": conf.public_dict(), "test_accuracy": evaluation.accuracy})
-    print(evaluation.stats())
-    print(f"test accuracy: {evaluation.accuracy:.4f}   ({samples_per_s:,.0f} samples/s with {workers} worker(s), "
-          f"{elapsed:.1f} s training)   model saved to {output}")
+    write_evaluation(output, evaluation)
+    if shows_progress():  # -q: only the --json line, if asked for
+        print(evaluation.stats())
+        print(f"test accuracy: {evaluation.accuracy:.4f}   ({samples_per_s:,.0f} samples/s with {workers} worker(s), "
+              f"{elapsed:.1f} s training)   model saved to {output}")
     return {
         "model": conf.model,
         "workers": workers,
@@ -39,6 +48,8 @@ def report(model: Any, conf: Any, test_data: Any, output: Path, workers: int, sa
         # trained or trained twice (the ledger).
         **({"rounds": runner.round, "jobs_by_host": runner.jobs_by_host(), "ledger": runner.ledger_summary()}
            if runner else {}),
+        # Per-class precision/recall/F1 and the confusion matrix, as in evaluation.json.
+        "evaluation": evaluation.to_dict(),
     }
 
 
@@ -59,3 +70,23 @@ def evaluate_saved(model_dir: str, dataset: str | None = None, data_dir: str | N
     print(evaluation.stats())
     return {"model": model.name, "test_accuracy": round(evaluation.accuracy, 4),
             "examples": len(test), "elapsed_s": round(time.perf_counter() - start, 2)}
+
+
+def add_report_command(sub: Any) -> None:
+    """``deepgrid report RUN_DIR``: the run's metrics drawn as PNG files (matplotlib, the plots extra)."""
+    command = sub.add_parser("report", help="draw a run's metrics as PNG files (loss, accuracy, confusion matrix)",
+                             description="Read RUN_DIR/metrics.jsonl and evaluation.json and write PNG plots "
+                                         "into RUN_DIR. Needs matplotlib: install deepgrid[plots].")
+    command.add_argument("run_dir", metavar="RUN_DIR", help="a run's output directory (runs/<job_name> by default)")
+    command.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
+    command.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from deepgrid.train.plots import write_plots
+
+    paths = write_plots(args.run_dir)
+    if shows_progress():
+        for path in paths:
+            print(path)
+    return {"plots": [str(path) for path in paths]}

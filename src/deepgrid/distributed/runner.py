@@ -40,7 +40,9 @@ from deepgrid.distributed.callbacks import (
 )
 from deepgrid.distributed.dispatch import Dispatcher
 from deepgrid.distributed.events import EventLog
+from deepgrid.distributed.metrics_file import call_hook
 from deepgrid.distributed.policy import FailurePolicy
+from deepgrid.distributed.progress import RunProgressDisplay
 from deepgrid.distributed.strategies import JobResult, Strategy, make_strategy
 from deepgrid.distributed.worker import build_named_model
 from deepgrid.distributed.workers import (
@@ -53,6 +55,7 @@ from deepgrid.distributed.workers import (
 from deepgrid.errors import ClusterError, ConfigError, DataError
 from deepgrid.models.base import Model, Phase
 from deepgrid.state.base import Job, StateTracker, tracker_from_url
+from deepgrid.train.logs import install_default_handler
 from deepgrid.train.loop import jobs, validation_loss
 from deepgrid.train.schedule import RunProgress, run_phases
 
@@ -70,6 +73,8 @@ class ActorNetworkRunner:
             raise ConfigError(f"ActorNetworkRunner runs the master; got role {role!r}. Start workers with `deepgrid worker`.")
         self.iterator = iterator
         self._model_factory = model_factory
+        if progress is None:
+            install_default_handler()  # the API shows its progress unless logging was set up (train/logs.py)
         # Every part reports through one event log: printed through ``progress``, kept for the dashboard.
         self.events = EventLog(progress or (lambda message: log.info(message)))
         self._say = self.events
@@ -174,8 +179,8 @@ class ActorNetworkRunner:
                                       run_id=resumed.get("run_id"))
             self.checkpointer = Checkpointer(writer, conf.to_dict(mask_secrets=True), conf.checkpoint_every, self.events)
             self.checkpointer.commit(self.params, self.progress, self.strategy.state_dict())
-        self.callbacks = [c for c in (self.checkpointer, recorder, self._history, self.status_file)
-                          if c is not None]
+        self.callbacks = [c for c in (self.checkpointer, recorder, self._history, self.status_file,
+                                      RunProgressDisplay(self.events.say)) if c is not None]
         if conf.data_feed == "files" and self.iterator is not None:
             raise ConfigError("data_feed: files makes each worker read the Conf's data set from its own disk, "
                               "but this master was given its own data; use data_feed: object_store.")
@@ -243,6 +248,8 @@ class ActorNetworkRunner:
         except BaseException as error:
             self._fail(error)
             raise
+        finally:
+            call_hook(self.callbacks, "on_train_end", self)
         self._train_seconds = time.perf_counter() - start
         model.set_flat_params(self.params)
         status = "stopped early" if self.stopped_reason == "early stopping" else "done"
@@ -300,6 +307,7 @@ class ActorNetworkRunner:
         if validation is not None:
             self.tracker.update_run(best_loss=self.progress.best_loss, bad_checks=self.progress.bad_checks)
             self._say(f"  validation loss {validation:.4f} (best {self.progress.best_loss:.4f})", "validation")
+        call_hook(self.callbacks, "on_epoch_end", self, phase, epoch, loss, validation)
 
     def _round(self, phase: Phase) -> list[JobResult]:
         """One round: the dispatcher runs jobs on the workers, the strategy combines their results."""

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.errors import DataError
 from deepgrid.models.base import Model, Phase
+from deepgrid.train.metrics_file import MetricsFile, validation_accuracy
 from deepgrid.train.schedule import RunProgress, run_phases
 
 
@@ -90,17 +91,20 @@ def fit(
     min_improvement: float = 1e-3,
     progress: bool = False,
     on_epoch: Callable[[Phase, int, float], None] | None = None,
+    metrics: MetricsFile | None = None,
 ) -> FitResult:
     """Train every phase of ``model`` on ``data``; ``epochs`` overrides fine-tuning's passes.
 
     ``data``: an ArrayDataset, or features (a numpy array, a tensor, nested lists) with their
-    labels ``y`` (none for an unsupervised model), as ``fit(model, x, y)``.
+    labels ``y`` (none for an unsupervised model), as ``fit(model, x, y)``. ``metrics``: a line
+    per job (what one worker trains in a distributed round) and per validation goes there.
     """
     if not isinstance(data, ArrayDataset):
         data = ArrayDataset.from_any(data, y, n_in=model.conf.n_in)
     elif y is not None:
         raise DataError("fit(model, data, y): an ArrayDataset holds its labels already; pass y only with an array of features.")
     result = FitResult()
+    where = RunProgress()  # the rounds (here: jobs) done, and early stopping's best loss
     start = time.perf_counter()
 
     def train_epoch(phase_index: int, phase: Phase, epoch: int, skip: set[int]) -> float:
@@ -110,7 +114,12 @@ def fit(
         loss_sum, seen = 0.0, 0
         for job_index, job in enumerate(jobs(order, job_size)):
             seed_job_noise(model.conf.seed, phase.name, epoch, job_index)
+            began = time.perf_counter()
             step = model.train_step(phase.name, [data.batch(idx) for idx in job])
+            where.round += 1
+            if metrics is not None:
+                metrics.add_round(round=where.round, phase=phase.name, epoch=epoch + 1, loss=step.loss,
+                                  samples=step.n_samples, seconds=time.perf_counter() - began, workers=1)
             loss_sum += step.loss * step.n_samples
             seen += step.n_samples
             bar.update(len(job))
@@ -123,12 +132,16 @@ def fit(
         entry: dict[str, float | str] = {"phase": phase.name, "epoch": epoch + 1, "loss": loss}
         if val is not None:
             entry["validation_loss"] = val
+            if metrics is not None:
+                metrics.add_validation(round=where.round, phase=phase.name, epoch=epoch + 1, loss=loss,
+                                       validation_loss=val, best_loss=where.best_loss,
+                                       accuracy=validation_accuracy(model, validation))
         result.history.append(entry)
         if on_epoch is not None:
             on_epoch(phase, epoch, loss)
 
     result.stopped_early = not run_phases(
-        model, epochs, train_epoch, RunProgress(), patience=patience, min_improvement=min_improvement,
+        model, epochs, train_epoch, where, patience=patience, min_improvement=min_improvement,
         validate=(lambda: validation_loss(model, validation)) if validation is not None else None,
         on_epoch=epoch_done)
     result.elapsed_s = time.perf_counter() - start
