@@ -33,7 +33,7 @@ from deepgrid.errors import ConfigError, invalid
 
 DATASETS = ("fashion-mnist", "mnist")
 # Each has a module in deepgrid/distributed/strategies/.
-STRATEGIES = ("average", "async", "allreduce")
+STRATEGIES = ("average", "async", "sharing", "allreduce")
 
 RULES: dict[str, Rule] = {
     "model": Rule("str"),
@@ -50,6 +50,7 @@ RULES: dict[str, Rule] = {
     "block_momentum": Rule("opt_float", low=0, high=0.99),
     "pull_jobs": Rule("bool"),
     "strategy": Rule("choice", choices=STRATEGIES),
+    "sharing_sparsity": Rule("float", low=0, high=1, low_open=True),
     "max_staleness": NON_NEGATIVE_INT,
     "allreduce_timeout_s": Rule("float", low=0.5),
     "data_feed": Rule("choice", choices=("object_store", "files")),
@@ -104,6 +105,9 @@ class Conf:
     pull_jobs: bool = True
     # How the master turns the workers' results into the next parameters (deepgrid.distributed.strategies).
     strategy: str = "average"
+    # sharing: the share of a job's update entries each worker sends (the rest waits in its
+    # residual); 0.01 sends 1/100 of the dense bytes (one int32 an entry). 1 sends whole updates.
+    sharing_sparsity: float = 0.01
     # async: an update computed from parameters that more than this many other updates have changed
     # since counts less (1 / (1 + excess)); with N workers the usual staleness is N - 1.
     max_staleness: int = 4

@@ -11,9 +11,10 @@ from deepgrid.distributed.strategies.allreduce import AllreduceStrategy
 from deepgrid.distributed.strategies.asynchronous import AsyncStrategy
 from deepgrid.distributed.strategies.average import AverageStrategy
 from deepgrid.distributed.strategies.base import GroupBroken, JobResult, Strategy, WorkerPlugin
+from deepgrid.distributed.strategies.sharing import SharingStrategy
 
 __all__ = ["STRATEGIES", "AllreduceStrategy", "AsyncStrategy", "AverageStrategy", "GroupBroken", "JobResult",
-           "Strategy", "WorkerPlugin", "make_strategy"]
+           "SharingStrategy", "Strategy", "WorkerPlugin", "make_strategy"]
 
 
 def make_strategy(conf: Conf) -> Strategy:
@@ -22,6 +23,8 @@ def make_strategy(conf: Conf) -> Strategy:
         return AverageStrategy(conf.block_momentum)
     if conf.strategy == "async":
         return AsyncStrategy(conf.max_staleness)
+    if conf.strategy == "sharing":
+        return SharingStrategy(conf.sharing_sparsity, conf.block_momentum)
     if conf.strategy == "allreduce":
         return AllreduceStrategy(conf.allreduce_timeout_s)
     raise AssertionError(f"strategy {conf.strategy!r} passed the Conf's check but has no builder")
