@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepgrid import Conf
+from deepgrid import Conf, ConfigError
 from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
+from deepgrid.distributed.strategies import make_strategy
 from deepgrid.distributed.strategies.allreduce import AllreduceStrategy
 from deepgrid.models.mlp import MLP
 from deepgrid.train.loop import fit, jobs
@@ -61,6 +62,13 @@ def replica_params(runner: ActorNetworkRunner) -> dict[str, np.ndarray]:
     refs = {worker_id: handle.actor.__ray_call__.remote(lambda worker: worker.model.get_flat_params())
             for worker_id, handle in runner.workers.items()}
     return {worker_id: ray.get(ref, timeout=30) for worker_id, ref in refs.items()}
+
+
+def test_the_conf_names_the_strategy_and_checks_its_timeout() -> None:
+    assert isinstance(make_strategy(conf(allreduce_timeout_s=2.5)), AllreduceStrategy)
+    assert make_strategy(conf(allreduce_timeout_s=2.5)).timeout_s == 2.5
+    with pytest.raises(ConfigError, match="allreduce_timeout_s"):
+        conf(allreduce_timeout_s=0)
 
 
 def test_one_worker_computes_what_the_reference_loop_computes() -> None:

@@ -1,8 +1,9 @@
 """``allreduce``: data-parallel SGD (PyTorch DDP's scheme) inside deepgrid's rounds.
 
 The workers of a round form a torch.distributed process group (gloo on CPU, NCCL with
-``device: cuda``), as Ray Train's Torch backend does: rank 0's node address and a free port found
-inside rank 0's actor make a ``tcp://`` rendezvous that every actor joins at once. Each worker
+``device: cuda``), as Ray Train's Torch backend does: rank 0's actor opens the group's TCP store on
+its node's address and a free port, then every actor joins it at once (``init_process_group``),
+after leaving the old group. It is formed again when the round's workers change. Each worker
 trains its own job (its own mini-batches); after every backward pass the gradient hook sums the
 gradients times the batch's samples, and the samples, over all ranks (one flat bucket, one
 all-reduce) and divides: every replica steps with the same sample-weighted mean gradient, so the
@@ -25,8 +26,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import socket
-from contextlib import closing
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -101,7 +100,7 @@ class AllreduceStrategy(Strategy):
         try:
             address = None
             if len(ranks) > 1:
-                address = ray.get(actors[0].plugin_call.remote("rendezvous"), timeout=self.timeout_s)
+                address = ray.get(actors[0].plugin_call.remote("rendezvous", len(ranks)), timeout=self.timeout_s)
             ray.get([actor.plugin_call.remote("join_group", address, rank, len(ranks))
                      for rank, actor in enumerate(actors)], timeout=self.timeout_s + 10)
         except ray.exceptions.RayError as e:
@@ -151,41 +150,53 @@ class AllreducePlugin(WorkerPlugin):
         self.timeout_s = timeout_s
         self.rank, self.world = 0, 1
         self.formed = False  # a process group of ``world`` ranks is initialised in this process
+        self._store: Any = None  # rank 0's store for the group being formed
 
     def __getstate__(self) -> dict[str, Any]:
         return {"timeout_s": self.timeout_s}  # a copy never carries another process's group
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.timeout_s = state["timeout_s"]
-        self.rank, self.world, self.formed = 0, 1, False
+        self.rank, self.world, self.formed, self._store = 0, 1, False, None
 
     # -- forming the group (run in the actor through Worker.plugin_call) --------------------
-    def rendezvous(self, worker: Worker) -> str:
-        """Rank 0's address: this node's IP and a port free on it (as Ray Train finds them)."""
+    def rendezvous(self, worker: Worker, world: int) -> tuple[str, int]:
+        """Rank 0: leave the old group and open the new one's store on this node's address and a
+        free port (as Ray Train finds them). Open before the others join: a rank that finds no
+        store yet backs off, and forming took 0.3-0.7 s instead of ~20 ms (3 workers, measured)."""
         import ray
+        import torch.distributed as dist
 
+        self.leave_group()
         address = ray.util.get_node_ip_address()
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with closing(socket.socket(family, socket.SOCK_STREAM)) as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return f"tcp://[{address}]:{port}" if family == socket.AF_INET6 else f"tcp://{address}:{port}"
+        # Port 0: the store binds a free port itself, so no other process can take it in between.
+        self._store = dist.TCPStore(address, 0, world, is_master=True, wait_for_workers=False,
+                                    timeout=timedelta(seconds=self.timeout_s))
+        return address, self._store.port
 
-    def join_group(self, worker: Worker, address: str | None, rank: int, world: int) -> None:
-        """Leave the old group, join ``address`` as ``rank`` of ``world``, take rank 0's optimizer state."""
+    def join_group(self, worker: Worker, address: tuple[str, int] | None, rank: int, world: int) -> None:
+        """Leave the old group, join the one at ``address`` as ``rank`` of ``world``, and take rank
+        0's optimizer state."""
         import torch.distributed as dist
 
         self.leave_group()
         self.rank, self.world = rank, world
         if world == 1:
             return
+        assert address is not None
         backend = BACKENDS[worker.device]
         if backend == "nccl":
             # Without it a collective that waits on a lost peer never returns to Python.
             os.environ.setdefault("TORCH_NCCL_BLOCKING_WAIT", "1")
             torch.cuda.set_device(worker.model.device)
-        dist.init_process_group(backend, init_method=address, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=self.timeout_s))
+        timeout = timedelta(seconds=self.timeout_s)
+        if rank == 0:
+            store, self._store = self._store, None
+        else:
+            store = dist.TCPStore(*address, world, is_master=False, timeout=timeout)
+        if store is None:
+            raise GroupBroken(f"rank 0 ({worker.worker_id}) has no store open for the group")
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world, timeout=timeout)
         self.formed = True
         self._take_rank0_optimizers(worker)
 
