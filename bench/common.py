@@ -40,6 +40,7 @@ MOMENTUM = 0.9
 SEED = 123  # deepgrid's default NeuralNetConfiguration.seed
 # Held while a benchmark times: other sessions' test runs wait until it is gone.
 LOCK = Path("/tmp/deepgrid-bench.lock")
+STALE_LOCK_S = 600.0
 
 
 # -- how much CPU other people's processes took meanwhile --------------------------------------------
@@ -124,7 +125,7 @@ class ForeignCpu(threading.Thread):
         self._halt.set()
 
 
-# -- the lock other sessions' tests wait for while a benchmark times -------------------------------------------------------
+# -- the lock other sessions' tests wait for while a benchmark times ------------------------------
 
 
 class BenchLock:
@@ -133,7 +134,8 @@ class BenchLock:
 
     def __init__(self, owner: str, max_hold_s: float = 200.0, pause_s: float = 30.0) -> None:
         self.owner, self.max_hold_s, self.pause_s = owner, max_hold_s, pause_s
-        self.since: float | None = None
+        self.since: float | None = None  # when this process took the lock; None: not holding it
+        self.passed_over: str | None = None  # a stale holder's line, once said
 
     def acquire(self) -> None:
         said = False
@@ -141,11 +143,14 @@ class BenchLock:
             try:
                 fd = os.open(LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
+                holder, age = self._holder()
+                if age > STALE_LOCK_S:  # twice the 5 minutes anyone may hold it: left behind or hung
+                    if self.passed_over != holder:
+                        print(f"... {LOCK} has been held for {age / 60:.0f} min ({holder}), past any turn: "
+                              "timing without it", file=sys.stderr, flush=True)
+                        self.passed_over = holder
+                    return
                 if not said:
-                    try:
-                        holder = LOCK.read_text().strip() or "?"
-                    except OSError:  # let go of meanwhile
-                        holder = "?"
                     print(f"... {LOCK} is held ({holder}): another benchmark is timing; waiting", file=sys.stderr,
                           flush=True)
                     said = True
@@ -155,6 +160,14 @@ class BenchLock:
             os.close(fd)
             self.since = time.monotonic()
             return
+
+    @staticmethod
+    def _holder() -> tuple[str, float]:
+        """What the lock file says, and its age in seconds (0 if it was let go of meanwhile)."""
+        try:
+            return LOCK.read_text().strip() or "?", time.time() - LOCK.stat().st_mtime
+        except OSError:
+            return "?", 0.0
 
     def release(self) -> None:
         if self.since is not None:
