@@ -144,6 +144,11 @@ class BenchLock:
                 fd = os.open(LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder, age = self._holder()
+                if holder_gone(holder):  # its process ended without letting go: take it over
+                    print(f"... {LOCK} was left behind by an ended process ({holder}): taking it over",
+                          file=sys.stderr, flush=True)
+                    LOCK.unlink(missing_ok=True)
+                    continue
                 if age > STALE_LOCK_S:  # twice the 5 minutes anyone may hold it: left behind or hung
                     if self.passed_over != holder:
                         print(f"... {LOCK} has been held for {age / 60:.0f} min ({holder}), past any turn: "
@@ -189,6 +194,20 @@ class BenchLock:
             time.sleep(self.pause_s)
         if self.since is None:
             self.acquire()
+
+
+def holder_gone(holder: str) -> bool:
+    """True when the lock's line starts with a process id that no longer runs on this machine."""
+    first = holder.split()[0] if holder.split() else ""
+    if not first.isdigit():
+        return False
+    try:
+        os.kill(int(first), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
 
 
 # -- the network, the data order, one epoch ---------------------------------------------------------
