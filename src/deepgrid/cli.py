@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deepgrid.config.conf import STRATEGIES
+from deepgrid.config.conf import DATASETS, STRATEGIES
 from deepgrid.errors import ConfigError, DeepgridError, invalid
 from deepgrid.report import add_report_command, evaluate_saved, report
 from deepgrid.train.logs import add_verbosity_flags, configure_cli_logging, level_of, show_configuration
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=positive_int, help="passes of fine-tuning over the training data")
     train.add_argument("--batch-size", type=positive_int, help="mini-batch size (per worker)")
     train.add_argument("--data-dir", help="directory with the IDX files (else $DEEPGRID_DATA, then Debian's)")
-    train.add_argument("--dataset", choices=["fashion-mnist", "mnist"], help="which data set")
+    train.add_argument("--dataset", choices=DATASETS, help="which data set (see README: Your own data)")
     train.add_argument("--train-limit", type=positive_int, help="use only the first N training examples")
     train.add_argument("--test-limit", type=positive_int, help="use only the first N test examples")
     train.add_argument("--threads", type=positive_int, help="torch threads for training (default: all cores)")
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Load a model saved by `deepgrid train` and report test metrics.")
     evaluate.add_argument("model_dir", metavar="MODEL_DIR")
     evaluate.add_argument("--data-dir", help="directory with the IDX files")
-    evaluate.add_argument("--dataset", choices=["fashion-mnist", "mnist"], help="which data set")
+    evaluate.add_argument("--dataset", choices=DATASETS, help="which data set (see README: Your own data)")
     evaluate.add_argument("--test-limit", type=positive_int, help="use only the first N test examples")
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
     evaluate.set_defaults(func=cmd_evaluate)

@@ -57,6 +57,7 @@ def evaluate_saved(model_dir: str, dataset: str | None = None, data_dir: str | N
                    test_limit: int | None = None) -> dict[str, Any]:
     """A model saved by ``deepgrid train`` on the test set of the data it was trained on (by
     default): print its metrics and return the results."""
+    from deepgrid.config.conf import MNIST_DATASETS
     from deepgrid.data.mnist import load_mnist
     from deepgrid.models.base import Model
 
@@ -64,8 +65,16 @@ def evaluate_saved(model_dir: str, dataset: str | None = None, data_dir: str | N
     model = Model.load(model_dir)
     meta_conf = json.loads((Path(model_dir) / "model.json").read_text()).get("conf", {})
     dataset = dataset or meta_conf.get("dataset", "fashion-mnist")
-    test = load_mnist(dataset, "test", data_dir or meta_conf.get("data_dir"),
-                      binarize=bool(meta_conf.get("binarize", False)), limit=test_limit)
+    if dataset in MNIST_DATASETS:
+        test = load_mnist(dataset, "test", data_dir or meta_conf.get("data_dir"),
+                          binarize=bool(meta_conf.get("binarize", False)), limit=test_limit)
+    else:  # a user's own data set kind, read with the Conf it was trained with
+        from deepgrid.config.conf import Conf
+        from deepgrid.data.sources import load_source
+
+        conf = Conf.from_dict({**meta_conf, "dataset": dataset, "data_dir": data_dir or meta_conf.get("data_dir"),
+                               "network": model.conf.to_dict()})
+        test = load_source(conf, "test", test_limit)
     evaluation = model.evaluate(test.x, test.y, labels=class_labels(dataset, model.conf.n_out))
     print(evaluation.stats())
     return {"model": model.name, "test_accuracy": round(evaluation.accuracy, 4),

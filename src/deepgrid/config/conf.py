@@ -31,7 +31,10 @@ from deepgrid.config.validation import (
 )
 from deepgrid.errors import ConfigError, invalid
 
-DATASETS = ("fashion-mnist", "mnist")
+MNIST_DATASETS = ("fashion-mnist", "mnist")
+# A user's own data (deepgrid.data.sources): files train.* and test.* in data_dir, or a callable.
+DATA_SOURCES = ("npz", "npy", "csv", "parquet", "images", "callable")
+DATASETS = MNIST_DATASETS + DATA_SOURCES
 # Each has a module in deepgrid/distributed/strategies/.
 STRATEGIES = ("average", "async", "sharing", "allreduce")
 
@@ -40,6 +43,11 @@ RULES: dict[str, Rule] = {
     "dataset": Rule("choice", choices=DATASETS),
     "data_dir": Rule("opt_str"),
     "binarize": Rule("bool"),
+    "label_column": Rule("str"),
+    "x_key": Rule("str"),
+    "y_key": Rule("str"),
+    "image_mode": Rule("choice", choices=("grayscale", "rgb")),
+    "data_source": Rule("opt_str"),
     "train_limit": Rule("opt_int", low=1),
     "test_limit": Rule("opt_int", low=1),
     "validation_fraction": Rule("float", low=0, high=0.5),
@@ -85,6 +93,14 @@ class Conf:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None  # else $DEEPGRID_DATA, then Debian's /usr/share/datasets/<dataset>
     binarize: bool = False  # inputs scaled to [0, 1]; True thresholds them at 0.5
+    # dataset csv/parquet: the column of class indices; every other column is a feature.
+    label_column: str = "label"
+    x_key: str = "x"  # dataset npz: the arrays' names in train.npz and test.npz
+    y_key: str = "y"
+    # dataset images: each image converted to one channel (grayscale) or three (rgb) and resized to
+    # the square side that network.n_in gives (n_in = channels * side * side).
+    image_mode: str = "grayscale"
+    data_source: str | None = None  # dataset callable: "pkg.module:function", called with "train"/"test"
     train_limit: int | None = None  # use only the first N training examples (quick runs)
     test_limit: int | None = None
     validation_fraction: float = 0.0  # held out of training for early stopping

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from deepgrid.config.conf import DATASETS
+from deepgrid.config.conf import MNIST_DATASETS
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.idx import read_idx
 from deepgrid.errors import DataError, invalid
@@ -71,8 +71,8 @@ _MD5 = {
 
 
 def _check_name(name: str) -> str:
-    if name not in DATASETS:
-        raise DataError(invalid("dataset", name, f"one of {', '.join(map(repr, DATASETS))}"))
+    if name not in MNIST_DATASETS:
+        raise DataError(invalid("dataset", name, f"one of {', '.join(map(repr, MNIST_DATASETS))}"))
     return name
 
 
@@ -208,7 +208,15 @@ def load_mnist(
 
 
 def load_splits(conf: Conf) -> tuple[ArrayDataset, ArrayDataset]:
-    """(train, test) of ``conf.dataset``, honouring data_dir, binarize, train_limit and test_limit."""
+    """(train, test) of ``conf.dataset``, honouring data_dir, binarize, train_limit and test_limit.
+
+    Every path (master, workers reading files, single process, evaluate) loads through here:
+    a user's own data set kinds (npz, npy, csv, parquet, images, callable) go to
+    :mod:`deepgrid.data.sources`."""
+    if conf.dataset not in MNIST_DATASETS:
+        from deepgrid.data.sources import load_source_splits
+
+        return load_source_splits(conf)
     directory = find_data_dir(conf.dataset, conf.data_dir)
     train = load_mnist(conf.dataset, "train", directory, binarize=conf.binarize, limit=conf.train_limit)
     test = load_mnist(conf.dataset, "test", directory, binarize=conf.binarize, limit=conf.test_limit)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from deepgrid.data.dataset import ArrayDataset
+from deepgrid.data.mapped import MappedDataset
 from deepgrid.distributed.strategies.base import WorkerPlugin
 from deepgrid.models.base import Model
 from deepgrid.state.base import Job
@@ -67,10 +68,14 @@ class Worker:
                 # memory; torch warns about read-only memory, and we only ever read it.
                 warnings.simplefilter("ignore", UserWarning)
                 self.data = ArrayDataset(torch.from_numpy(np.asarray(data)), torch.from_numpy(np.asarray(labels)))
-        self.data = ArrayDataset(self.data.x.to(device), self.data.y.to(device)) if device != "cpu" else self.data
-        # Touch every page of the (memory-mapped) data now, during set-up: the first job would
-        # otherwise pay for mapping them in, and its round with it.
-        float(self.data.x.sum())
+        if isinstance(self.data, MappedDataset):
+            # Data larger than memory (dataset: npy) stay on disk: each job reads its own batches' rows.
+            self.data = self.data.to_device(device)
+        else:
+            self.data = ArrayDataset(self.data.x.to(device), self.data.y.to(device)) if device != "cpu" else self.data
+            # Touch every page of the (memory-mapped) data now, during set-up: the first job would
+            # otherwise pay for mapping them in, and its round with it.
+            float(self.data.x.sum())
         self._phase_index = {p.name: i for i, p in enumerate(self.model.phases())}
         # Made now, not on the first job: the first optimizer a process makes imports torch's
         # compiler stack (about 1.5 s), which would stall the first round for every worker.
