@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deepgrid import __version__
 from deepgrid.config.conf import DATASETS, STRATEGIES
 from deepgrid.errors import ConfigError, DeepgridError, invalid
 from deepgrid.report import add_report_command, evaluate_saved, report
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="deepgrid",
         description="Distributed deep-learning training: a master and workers train one network together.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 

@@ -19,18 +19,21 @@ PACKAGE = SRC / "deepgrid"
 
 # Lowest first. A module may import its own layer and the layers before it, never one after it. A
 # module's layer is its first name under deepgrid (deepgrid.models.rbm: "models"); "deepgrid" is the
-# package's own __init__, which re-exports config and errors. distributed and cli are checked only as
-# the top two (their insides are being restructured); report is the CLI's report of a finished run.
+# package's own __init__, a facade at the top: it re-exports config and errors, and the master and fit
+# on first use (issue 11), so no module may import the bare package, only its modules. distributed and
+# cli are checked only as the top two (their insides are being restructured); report is the CLI's
+# report of a finished run; sklearn is scikit-learn's estimator interface over train's fit.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "atomic_files"),  # nothing of deepgrid
-    ("config", "deepgrid"),
+    ("config",),
     ("data",),
     ("models",),  # knows nothing of training loops, run checkpoints or distribution
     ("train",),
+    ("sklearn",),
     ("checkpoint",),  # run checkpoints; a model's own files are models.files
     ("state", "registry"),
     ("distributed",),
-    ("cli", "report"),
+    ("cli", "report", "deepgrid", "__main__"),  # __main__: python -m deepgrid, the CLI
 )
 LAYER_OF: dict[str, int] = {name: index for index, names in enumerate(LAYERS) for name in names}
 

@@ -78,6 +78,15 @@ def validation_loss(model: Model, data: ArrayDataset) -> float:
     return total / len(data)
 
 
+def as_validation_data(data: ArrayDataset | tuple[Any, Any], model: Model) -> ArrayDataset:
+    """``validation_data`` as an ArrayDataset: one already, or a pair (features, labels)."""
+    if isinstance(data, ArrayDataset):
+        return data
+    if not isinstance(data, tuple | list) or len(data) != 2:
+        raise DataError(f"validation_data must be a pair (x, y) or an ArrayDataset, not {type(data).__name__}.")
+    return ArrayDataset.from_any(data[0], data[1], n_in=model.conf.n_in, n_classes=model.conf.n_out)
+
+
 def fit(
     model: Model,
     data: ArrayDataset | Any,
@@ -86,6 +95,7 @@ def fit(
     epochs: int | None = None,
     batch_size: int = 64,
     job_size: int = 20,
+    validation_data: ArrayDataset | tuple[Any, Any] | None = None,
     validation: ArrayDataset | None = None,
     patience: int = 0,
     min_improvement: float = 1e-3,
@@ -96,14 +106,24 @@ def fit(
     """Train every phase of ``model`` on ``data``; ``epochs`` overrides fine-tuning's passes.
 
     ``data``: an ArrayDataset, or features (a numpy array, a tensor, nested lists) with their
-    labels ``y`` (none for an unsupervised model), as ``fit(model, x, y)``. ``metrics``: a line
-    per job (what one worker trains in a distributed round) and per validation goes there.
+    labels ``y`` (none for an unsupervised model), as ``fit(model, x, y)``. ``validation_data``:
+    ``(x_val, y_val)`` or an ArrayDataset, checked after every epoch (its loss in the history, and
+    early stopping with ``patience``); ``validation`` is its older name. ``metrics``: a line per job
+    (what one worker trains in a distributed round) and per validation goes there.
+
+    The history (a dict per epoch: phase, epoch, loss, validation_loss) is also kept on the model as
+    ``model.history_``, as Keras and scikit-learn keep theirs; each call starts a new one.
     """
     if not isinstance(data, ArrayDataset):
         data = ArrayDataset.from_any(data, y, n_in=model.conf.n_in)
     elif y is not None:
         raise DataError("fit(model, data, y): an ArrayDataset holds its labels already; pass y only with an array of features.")
+    if validation_data is not None:
+        if validation is not None:
+            raise DataError("fit: pass validation_data or validation (its older name), not both.")
+        validation = as_validation_data(validation_data, model)
     result = FitResult()
+    model.history_ = result.history  # type: ignore[attr-defined]  # the same list: filled as epochs end
     where = RunProgress()  # the rounds (here: jobs) done, and early stopping's best loss
     start = time.perf_counter()
 
