@@ -129,8 +129,17 @@ def run_deepgrid(train: Any, test: Any, strategy: str, workers: int, epochs: int
     run = Run(f"deepgrid {strategy}, {workers} worker{'s' if workers > 1 else ''}",
               marks.snapshots.curve(test.x, test.y), runner.samples_trained,
               runner.train_seconds - marks.snapshots.taken_s, wall)
-    run.extra.update(rounds=runner.round, jobs_by_worker=jobs_by_worker(runner.history))
+    run.extra.update(rounds=runner.round, jobs_by_worker=jobs_by_worker(runner.history),
+                     job_s_by_worker=job_seconds(runner.history))
     return run
+
+
+def job_seconds(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Each worker's mean seconds per job (as the worker timed it)."""
+    seconds: dict[str, list[float]] = {}
+    for entry in history:
+        seconds.setdefault(entry["worker_id"], []).append(entry["seconds"])
+    return {w: round(sum(v) / len(v), 4) for w, v in seconds.items()}
 
 
 def jobs_by_worker(history: list[dict[str, Any]]) -> dict[str, int]:
@@ -347,23 +356,27 @@ def straggler_row(name: str, plain: Run, slow: Run, target: float | None) -> dic
              if plain.samples_per_s and slow.samples_per_s else None)
     return {"name": name, "unslowed": plain.samples_per_s, "slowed": slow.samples_per_s, "ratio": ratio,
             "target": target, "acc_unslowed": plain.final_acc, "acc_slowed": slow.final_acc,
-            "jobs_slowed_run": slow.extra.get("jobs_by_worker"), "errors": [r.error for r in (plain, slow) if r.error],
+            "jobs_slowed_run": slow.extra.get("jobs_by_worker"), "job_s_slowed_run": slow.extra.get("job_s_by_worker"),
+            "errors": [r.error for r in (plain, slow) if r.error],
             "load": [plain.load, slow.load], "others_cpu": [plain.others_cpu, slow.others_cpu]}
 
 
 def straggler_table(rows: list[dict[str, Any]], slowdown: float) -> str:
     ideal = (1 + 1 / slowdown) / 2
     lines = ["| contender | samples/s unslowed | one worker slowed | slowed / unslowed | of the ideal "
-             f"{ideal:.3f} | target | test acc unslowed / slowed | jobs per worker (slowed run) | load | others' CPUs |",
-             "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | --- |"]
+             f"{ideal:.3f} | target | test acc unslowed / slowed | jobs per worker (slowed run) | a slow job / a fast "
+             "one | load | others' CPUs |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | ---: | --- | --- |"]
     for r in rows:
         verdict = "" if r["target"] is None or r["ratio"] is None else (
             f">= {r['target']}: {'pass' if r['ratio'] >= r['target'] else '**miss**'}")
-        jobs = r["jobs_slowed_run"]
+        jobs, job_s = r["jobs_slowed_run"], r.get("job_s_slowed_run")
+        # How much slower the slow worker's jobs really ran (the fast one runs faster while it sleeps).
+        slower = max(job_s.values()) / min(job_s.values()) if job_s and len(job_s) > 1 else None
         lines.append(f"| {r['name']} | {fmt(r['unslowed'], ',.0f')} | {fmt(r['slowed'], ',.0f')} "
                      f"| {fmt(r['ratio'], '.3f')} | {fmt(r['ratio'] and r['ratio'] / ideal, '.2f')} | {verdict or '-'} "
                      f"| {fmt(r['acc_unslowed'], '.4f')} / {fmt(r['acc_slowed'], '.4f')} "
-                     f"| {', '.join(map(str, sorted(jobs.values()))) if jobs else '-'} "
+                     f"| {', '.join(map(str, sorted(jobs.values()))) if jobs else '-'} | {fmt(slower, '.2f')} "
                      f"| {' , '.join(f'{a}/{b}' for a, b in r['load'])} | {r['others_cpu']} |"
                      + (f" {'; '.join(r['errors'])}" if r["errors"] else ""))
     lines.append(f"\n(The ideal: with 2 workers, one {slowdown:g}x slower, a run that never waits keeps "
