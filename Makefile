@@ -17,6 +17,8 @@ setup: system-packages $(STAMP)
 system-packages:
 	@bash scripts/install-system-packages.sh $(APT_PACKAGES)
 
+# pyproject.toml asks for torch>=2.3 (users keep their own torch); constraints.txt pins the tested
+# CPU wheel, 2.13.0+cpu, for this environment, so no CUDA build is pulled in.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
