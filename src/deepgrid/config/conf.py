@@ -112,7 +112,7 @@ class Conf:
     # MLP but 14% of 20; accuracy after 2 epochs was the same at 20, 50 and 100.
     averaging_frequency: int = 100
     # Block momentum (BMUF) applied to each round's averaged step; None: 1 - 1/N for N workers
-    # (0 for one worker), 0: plain averaging. Measured (bench_distributed.py, MLP, 2 workers, 2
+    # (0 for one worker; `sharing`: 0), 0: plain averaging. Measured (bench_distributed.py, MLP, 2 workers, 2
     # epochs): test accuracy 0.8538 -> 0.8564 at K = 100 and 0.8438 -> 0.8618 at K = 50.
     block_momentum: float | None = None
     # A worker that is done while a slower one will be busy for longer than its own next job takes
