@@ -318,6 +318,7 @@ class ActorNetworkRunner:
         if not group.workers:
             raise ClusterError("No live workers are left; the last checkpoint is kept. Start workers and --resume.")
         strategy = self.strategy
+        dispatcher.watch_overruns()  # first: a worker it re-enables is one the strategy must plan for
         strategy.before_round(group)
         started = time.monotonic()
         if strategy.barrier:
