@@ -7,8 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages: the Fashion-MNIST files (the main job's data); Redis and ZooKeeper, which the
 # cluster tests start themselves on free loopback ports (`make run` needs no server); iproute2
-# (ip, tc, ss) for the tests and benchmark that make hosts of network namespaces.
-APT_PACKAGES := dataset-fashion-mnist redis-server zookeeper iproute2
+# (ip, tc, ss) for the tests and benchmark that make hosts of network namespaces; chromium and its
+# driver, which tests/integration/test_dashboard.py drives headless (selenium never downloads one).
+APT_PACKAGES := dataset-fashion-mnist redis-server zookeeper iproute2 chromium chromium-driver
 
 .PHONY: setup system-packages run test lint bench clean
 

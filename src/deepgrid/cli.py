@@ -23,6 +23,7 @@ from typing import Any
 
 from deepgrid import __version__
 from deepgrid.config.conf import DATASETS, STRATEGIES
+from deepgrid.dashboard.address import add_dashboard_flags, dashboard_flag
 from deepgrid.errors import ConfigError, DeepgridError, invalid
 from deepgrid.report import add_report_command, evaluate_saved, report
 from deepgrid.train.logs import add_verbosity_flags, configure_cli_logging, level_of, show_configuration
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--single-process", action="store_true",
                        help="train in this process with the reference loop (no engine, no workers)")
     train.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
+    add_dashboard_flags(train)
     train.set_defaults(func=cmd_train)
 
     master = sub.add_parser("master", help="start the Ray head and the master; workers join it",
@@ -94,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     master.add_argument("--registry", metavar="URL",
                         help="registry to publish this job's address in (zk://host:2181/deepgrid or a directory; "
                              "default: the Conf's registry_url, $DEEPGRID_REGISTRY, then $DEEPGRID_HOME/registry)")
+    add_dashboard_flags(master)
     master.set_defaults(func=cmd_master)
 
     worker = sub.add_parser("worker", help="join a master's cluster and train the jobs it hands out",
@@ -122,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--job", default="deepgrid", help="the run's job name (Conf.job_name)")
     status.add_argument("--state", metavar="URL",
                         help="read the run from this redis:// state tracker, not its status file")
+    status.add_argument("--json", action="store_true", help="print the snapshot as one JSON object")
+    status.add_argument("--watch", action="store_true", help="show it again every second until the run ends (Ctrl-C to leave)")
     status.set_defaults(func=cmd_status)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a saved model on the test set",
@@ -190,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 
     from deepgrid.data.mnist import load_splits
 
-    conf = load_conf(args).replace(state_url=args.state)
+    conf = load_conf(args).replace(state_url=args.state, dashboard=dashboard_flag(args))
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None and not args.single_process:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
@@ -235,7 +240,7 @@ def cmd_master(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(invalid("--workers", args.workers, "0 or more"))
     port = args.port or DEFAULT_PORT
     conf = Conf.load(args.conf).replace(engine_address=f"{args.bind}:{port}", state_url=args.state,
-                                        strategy=args.strategy)
+                                        strategy=args.strategy, dashboard=dashboard_flag(args))
     output = output_dir(args, conf)
     if conf.checkpoint_dir is None:
         conf = conf.replace(checkpoint_dir=str(output / "checkpoints"))
@@ -356,14 +361,12 @@ def cmd_conf_list(args: argparse.Namespace) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    from deepgrid.state.snapshot import read_tracker_snapshot
-    from deepgrid.state.status import format_status, read_status, status_path
+    from deepgrid.dashboard.client import read_snapshot, show, watch
 
-    if args.state:
-        snapshot = read_tracker_snapshot(args.state, args.job)
-    else:
-        snapshot = read_status(status_path(args.job))
-    print(format_status(snapshot))
+    if args.watch:
+        watch(lambda: read_snapshot(args.job, args.state), args.json)
+    else:  # printed here: main's --json line is for commands that return a summary
+        print(show(read_snapshot(args.job, args.state), args.json))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from deepgrid.config.validation import (
     check,
     reject_unknown_keys,
 )
+from deepgrid.dashboard.address import DEFAULT as DASHBOARD_DEFAULT
+from deepgrid.dashboard.address import check_dashboard
 from deepgrid.errors import ConfigError, invalid
 
 MNIST_DATASETS = ("fashion-mnist", "mnist")
@@ -75,6 +77,7 @@ RULES: dict[str, Rule] = {
     "keep_checkpoints": POSITIVE_INT,
     "heartbeat_timeout_s": Rule("float", low=0.5),
     "round_deadline_s": Rule("float", low=1),
+    "dashboard": Rule("opt_str"),  # then check_dashboard: HOST:PORT or off
 }
 
 # A job name becomes a directory name (runs/<job_name>), a registry entry, a ZooKeeper node and part
@@ -153,6 +156,10 @@ class Conf:
     keep_checkpoints: int = 3
     heartbeat_timeout_s: float = 10.0
     round_deadline_s: float = 120.0
+    # Where the master serves its live page and JSON API (deepgrid.dashboard): HOST:PORT, port 0 a
+    # free one. Loopback needs no token; any other address asks for one, printed with the URL.
+    # None or "off": no dashboard.
+    dashboard: str | None = DASHBOARD_DEFAULT
 
     def __post_init__(self) -> None:
         for name, rule in RULES.items():
@@ -163,6 +170,7 @@ class Conf:
             raise ConfigError(invalid("network", self.network, "a NeuralNetConfiguration or a mapping"))
         object.__setattr__(self, "model", check_model_name(self.model))
         check_job_name(self.job_name)
+        object.__setattr__(self, "dashboard", check_dashboard(self.dashboard))
 
     @property
     def finetune_epochs(self) -> int:

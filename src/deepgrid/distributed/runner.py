@@ -26,6 +26,7 @@ import numpy as np
 
 from deepgrid.checkpoint import CheckpointWriter, load_latest_checkpoint, load_run_state
 from deepgrid.config.conf import Conf
+from deepgrid.dashboard.plugin import start_dashboard, stop_dashboard
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.iterators import as_dataset
 from deepgrid.data.mnist import load_splits, training_split
@@ -201,6 +202,7 @@ class ActorNetworkRunner:
             check_room(count, conf.threads_per_worker, conf.device, home_node)
             self.group.start(count)
         self.group.remember_nodes()
+        start_dashboard(self)  # a callback too: it sees each round's end
         self.status_file.write(force=True)
         return self
 
@@ -372,6 +374,7 @@ class ActorNetworkRunner:
 
     def shutdown(self) -> None:
         """Stop the workers and flush the state; the engine stays up if we joined it."""
+        stop_dashboard(self)
         if self.group is not None:
             self.group.stop_all()
         if self.checkpointer is not None:

@@ -127,6 +127,7 @@ class RunState:
     updated_at: float = 0.0
     last_loss: float | None = None
     status: str = "starting"
+    dashboard_url: str = ""  # the master's live page (deepgrid.dashboard) while it serves one
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -130,7 +130,7 @@ def format_status(snapshot: dict[str, Any], now: float | None = None) -> str:
             ("elapsed", _duration(run.get("elapsed_s"))),
         )
     )
-    lines = [run_line]
+    lines = [run_line, *_dashboard_lines(snapshot)]
     taken_at = snapshot.get("taken_at")
     if isinstance(taken_at, int | float):
         # An old snapshot means the master stopped writing: say so rather than show it as live.
@@ -165,7 +165,27 @@ def format_status(snapshot: dict[str, Any], now: float | None = None) -> str:
     lines.append(
         f"jobs: {snapshot.get('pending_jobs', 0)} pending, {snapshot.get('in_flight_jobs', 0)} in flight"
     )
+    events = snapshot.get("events")  # from the master's dashboard: the last few
+    if isinstance(events, list) and events:
+        lines.extend(["", "recent events:"])
+        for e in events[-5:]:
+            when = time.strftime("%H:%M:%S", time.localtime(e.get("time", 0)))
+            lines.append(f"  {when}  {e.get('kind', '')}: {e.get('message', '')}")
     return "\n".join(lines)
+
+
+def _dashboard_lines(snapshot: dict[str, Any]) -> list[str]:
+    """The dashboard's address, and the ETA when the snapshot came from the dashboard itself."""
+    lines = []
+    view = snapshot.get("dashboard")
+    if isinstance(view, dict) and view.get("eta_s") is not None:
+        rate = view.get("samples_per_s")
+        lines.append(f"ETA {_duration(view['eta_s'])} ({view.get('jobs_done', 0)}/{view.get('jobs_total', 0)} jobs"
+                     + (f", {rate:,.0f} samples/s)" if isinstance(rate, int | float) else ")"))
+    url = snapshot.get("run", {}).get("dashboard_url")
+    if url:
+        lines.append(f"dashboard {url}")
+    return lines
 
 
 def _host(info: dict[str, Any]) -> str:
