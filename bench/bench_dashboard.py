@@ -1,0 +1,207 @@
+"""What the dashboard costs a run: the same job with and without it, side by side.
+
+The competitors' job (bench/common.py: MLP 784-256-128-10 on Fashion-MNIST, batch 64, 2 workers,
+K = 100; 10% held out for validation, so the validation chart's accuracy pass is counted too),
+run in alternating pairs:
+
+  off   Conf.dashboard = None
+  on    the default dashboard (loopback, a free port) with one page open: another process asks
+        for everything the page asks for (six endpoints) every second, as a browser tab does
+
+and ``runner.samples_per_s`` compared pair by pair (target: the median of on / off >= 0.98).
+The machine is shared, so the pairs' order alternates, the CPU other processes took is printed,
+and the fastest run of each kind is compared too. Two figures the neighbours move less: the CPU
+seconds the run's processes (master, workers, the page's process) spent per 1000 samples, and the
+CPU time the dashboard's own threads used (the server's event loop and its reader; the
+validation accuracy's thread at nice 19 and the torch threads it started).
+
+    .venv/bin/python bench/bench_dashboard.py              # 6 pairs, 60k examples, 5 epochs
+    .venv/bin/python bench/bench_dashboard.py --pairs 10 --epochs 3
+    .venv/bin/python bench/bench_dashboard.py --pairs 2 --epochs 1   # a smoke run
+
+While it times, it holds /tmp/deepgrid-bench.lock (other sessions' tests wait for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+LOCK = Path("/tmp/deepgrid-bench.lock")
+PAGE_PATHS = ("/api/run", "/api/statetracker/workers", "/api/statetracker/jobs", "/api/statetracker/minibatch",
+              "/api/statetracker/metrics?since={since}", "/api/statetracker/events?since=0")
+
+
+def acquire_lock() -> None:
+    said = False
+    while True:
+        try:
+            fd = os.open(LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not said:
+                print(f"... {LOCK} exists (another benchmark is timing): waiting", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(5)
+            continue
+        os.write(fd, f"{os.getpid()} bench_dashboard.py\n".encode())
+        os.close(fd)
+        return
+
+
+def poll(url: str) -> None:
+    """One open page, in a process of its own as a browser is: every endpoint the page polls, once a
+    second, until killed; a line on stdout per poll."""
+    url, since = url.rstrip("/"), -1
+    while True:
+        try:
+            for path in PAGE_PATHS:
+                with urllib.request.urlopen(url + path.format(since=since), timeout=5) as r:
+                    body = json.loads(r.read())
+                since = body.get("last_round", since)
+            print("poll", flush=True)
+        except OSError:
+            print("error", flush=True)
+        time.sleep(1.0)
+
+
+class Page:
+    """``poll`` in a child process (its HTTP client and JSON parsing must not share the master's GIL)."""
+
+    def __init__(self, url: str) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, "--poll", url], stdout=subprocess.PIPE, text=True)
+        self.process.stdout.readline()  # started and polled once: training starts after that
+        self.polls = self.errors = 0
+
+    def stop(self) -> None:
+        self.process.terminate()
+        out, _ = self.process.communicate(timeout=30)
+        self.polls, self.errors = out.count("poll"), out.count("error")  # while training
+
+
+def dashboard_cpu_s() -> tuple[float, float]:
+    """CPU seconds used so far by the dashboard's live threads: (serving: the event loop and its
+    reader; accuracy: the validation accuracy's thread and the torch threads it started, at nice 19)."""
+    named = {t.native_id: t.name for t in threading.enumerate() if t.name.startswith("deepgrid-dashboard")}
+    serving = accuracy = 0.0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                nice = int(f.read().rsplit(")", 1)[1].split()[16])
+            name = named.get(int(tid))
+            if name is None and nice != 19:
+                continue
+            with open(f"/proc/self/task/{tid}/schedstat") as f:  # nanoseconds on a CPU
+                used = int(f.read().split()[0]) / 1e9
+            if nice == 19 or (name or "").endswith("accuracy"):
+                accuracy += used
+            else:
+                serving += used
+        except (OSError, ValueError, IndexError):
+            pass
+    return serving, accuracy
+
+
+def one_run(dashboard: bool, train: Any, epochs: int, index: int, watch: Any) -> dict[str, Any]:
+    import common  # here, not at the top: the page's process must not load torch (seconds of CPU)
+
+    from deepgrid.distributed.runner import ActorNetworkRunner
+
+    conf = common.deepgrid_conf(2, 100, epochs, f"bench-dashboard-{index}", validation_fraction=0.1,
+                                dashboard="127.0.0.1:0" if dashboard else None)
+    runner = ActorNetworkRunner("master", train, progress=lambda message: None)
+    page = None
+    try:
+        runner.setup(conf)
+        if dashboard:
+            page = Page(next(c for c in runner.callbacks if type(c).__name__ == "Dashboard").url)
+        before, ours = dashboard_cpu_s(), watch.ours()
+        runner.train()
+        after, ours = dashboard_cpu_s(), watch.ours() - ours  # before shutdown ends the threads
+        serving, accuracy = after[0] - before[0], after[1] - before[1]
+    finally:
+        if page is not None:
+            page.stop()
+        runner.shutdown()
+    return {"dashboard": dashboard, "samples_per_s": runner.samples_per_s, "train_s": runner.train_seconds,
+            "serving_cpu_s": serving, "accuracy_cpu_s": accuracy, "polls": page.polls if page else 0,
+            "poll_errors": page.errors if page else 0,
+            "cpu_s_per_ksample": 1000 * ours / max(runner.samples_trained, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=6, help="off/on pairs (default 6)")
+    parser.add_argument("--limit", type=int, default=60_000, help="training examples (default 60000)")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs a run (default 5)")
+    parser.add_argument("--poll", metavar="URL", help=argparse.SUPPRESS)  # the page's process
+    args = parser.parse_args()
+    if args.poll:
+        return poll(args.poll)
+
+    import common
+    import torch
+
+    from deepgrid.distributed import engine
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("DEEPGRID_HOME", "/tmp/deepgrid-bench-dashboard")
+    train, _ = common.load_data(args.limit)
+    engine.start_local(num_cpus=2)
+    watch = common.ForeignCpu()
+    watch.start()
+    runs: list[dict[str, Any]] = []
+    acquire_lock()
+    try:
+        one_run(False, train, 1, -1, watch)  # warm-up: Ray's workers, the imports, the caches
+        for pair in range(args.pairs):
+            order = (False, True) if pair % 2 == 0 else (True, False)
+            for dashboard in order:
+                foreign = watch.read()
+                run = one_run(dashboard, train, args.epochs, len(runs), watch)
+                run["others_cpu"] = (watch.read() - foreign) / max(run["train_s"], 1e-9)
+                runs.append(run)
+                print(f"pair {pair + 1}: dashboard {'on ' if dashboard else 'off'}  {run['samples_per_s']:9,.0f} samples/s"
+                      f"  {run['train_s']:6.2f} s  dashboard CPU s: serving {run['serving_cpu_s']:.2f}, accuracy {run['accuracy_cpu_s']:.2f}"
+                      f"  page polls {run['polls']}  CPU s/1000 samples {run['cpu_s_per_ksample']:.4f}"
+                      f"  others {run['others_cpu']:.2f} CPUs", flush=True)
+    finally:
+        LOCK.unlink(missing_ok=True)
+        watch.stop()
+        engine.shutdown()
+    off = [r["samples_per_s"] for r in runs if not r["dashboard"]]
+    on = [r["samples_per_s"] for r in runs if r["dashboard"]]
+    on_runs = [r for r in runs if r["dashboard"]]
+    train_s = sum(r["train_s"] for r in on_runs)
+    serving_share = sum(r["serving_cpu_s"] for r in on_runs) / train_s
+    accuracy_share = sum(r["accuracy_cpu_s"] for r in on_runs) / train_s
+    # Two neighbouring runs share the machine's weather: the median of the pairs' ratios is the
+    # figure; the fastest runs of each kind (the least disturbed) are a second look.
+    ratio = statistics.median(b / a for a, b in zip(off, on, strict=True))
+    best = max(on) / max(off)
+    print(f"\nsamples/s, median of {len(off)}: off {statistics.median(off):,.0f}, on (a page polling) "
+          f"{statistics.median(on):,.0f}")
+    print(f"on/off, median of the pairs: {ratio:.3f} (target >= 0.98: {'PASS' if ratio >= 0.98 else 'MISS'}); "
+          f"fastest on / fastest off: {best:.3f}")
+    cpu_off = statistics.median(r["cpu_s_per_ksample"] for r in runs if not r["dashboard"])
+    cpu_on = statistics.median(r["cpu_s_per_ksample"] for r in on_runs)
+    print(f"CPU seconds per 1000 samples (master, workers, the page's process), median: off {cpu_off:.4f}, "
+          f"on {cpu_on:.4f}: on/off = {cpu_on / cpu_off:.3f}")
+    print(f"the dashboard's threads used, of one CPU while training: {100 * serving_share:.2f}% serving the page, "
+          f"{100 * accuracy_share:.2f}% on the validation accuracy (nice 19)")
+    print(json.dumps({"pair_ratio_median": ratio, "best_ratio": best, "off_samples_per_s": off,
+                      "on_samples_per_s": on, "serving_cpu_share": serving_share,
+                      "accuracy_cpu_share": accuracy_share,
+                      "cpu_per_ksample_off": cpu_off, "cpu_per_ksample_on": cpu_on, "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
