@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from deepgrid.distributed.cluster import RAY_SETTINGS
+from deepgrid.distributed.engine import LEAN_SETTINGS
 from tests.helpers import assert_user_error, missing_server
 from tests.integration.test_master_worker_cli import fake_fashion_mnist
 from tests.netns import Host, Network, unavailable
@@ -84,8 +86,11 @@ class Lines:
         self._thread.start()
 
     def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append((time.monotonic(), line.rstrip("\n")))
+        try:
+            for line in stream:
+                self.lines.append((time.monotonic(), line.rstrip("\n")))
+        except ValueError:  # the test closed the stream (finish() after a kill) while this thread read it
+            pass
 
     def text(self) -> str:
         """The lines, less the effective configuration (YAML) that the master prints first."""
@@ -147,9 +152,12 @@ def test_worker_hosts_train_on_their_own_cores(data_dir: Path, tmp_path: Path) -
         workers = [start_worker(w1, master, token, "--workers", "2"), start_worker(w2, master, token)]
         seen: dict[str, set[int]] = {}
         received: dict[str, int] = {}
+        settings: dict[str, dict[str, str]] = {}  # an actor's environment, by host
         while run.poll() is None:  # where does each actor process live, while the run trains?
             for name, pids in net.pids_with(ACTOR).items():
                 seen.setdefault(name, set()).update(pids)
+                if not settings.get(name):
+                    settings[name] = environment_of(pids[0])
             if not received and "training mlp" in log.text():  # set-up done: every actor holds the data
                 received = {name: net.bytes_received(name) for name in ("w1", "w2")}
             time.sleep(0.3)
@@ -170,6 +178,19 @@ def test_worker_hosts_train_on_their_own_cores(data_dir: Path, tmp_path: Path) -
         assert data_bytes <= received[name] < 1.5 * data_bytes, received
     assert result["workers"] == 3
     assert result["test_accuracy"] > 0.8, result
+    wanted = {**LEAN_SETTINGS, **RAY_SETTINGS}  # what deepgrid gives the nodes it starts reaches their actors
+    for name in ("w1", "w2"):
+        assert {k: settings[name].get(k) for k in wanted} == wanted, settings
+
+
+def environment_of(pid: int) -> dict[str, str]:
+    """The environment a process was started with."""
+    try:
+        entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    pairs = (entry.decode(errors="replace").partition("=") for entry in entries)
+    return {name: value for name, _, value in pairs if name}
 
 
 EPOCHS_B = 40

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import MutableMapping
 
 from deepgrid.errors import ClusterError
 
@@ -26,6 +27,34 @@ LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 # imported, which deepgrid does only after this module.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
+# Ray's settings for every Ray process deepgrid starts or connects, on one machine or many, the
+# drivers included (each can be overridden from the environment): Ray's own background work that
+# deepgrid does not need. Measured with bench/bench_hosts.py --cpu (a master host and 2 worker hosts
+# on one 2-core machine, bench/README.md): there each worker host's actor shares the cores with every
+# Ray process of the three nodes, so whatever they save goes to training. That cluster, up and idle,
+# used 14% of a core with Ray's defaults and 10% with these (40 s each way, alternated).
+LEAN_SETTINGS = {
+    # Task state events (every call's state changes, sent to the GCS each second) feed Ray's dashboard
+    # and `ray list tasks`; Ray's Prometheus metrics are recorded by every process and gathered by each
+    # node's agent. deepgrid uses neither: together 2% of a core (GCS, agents, drivers).
+    "RAY_task_events_report_interval_ms": "0",
+    "RAY_enable_metrics_collection": "0",
+    # Ray keeps idle worker processes ready for tasks; deepgrid runs actors only, each in a process of
+    # its own, so they would only wait (0.7% of a core each: one or two per node).
+    "RAY_prestart_worker_first_driver": "0",
+    "RAY_enable_worker_prestart": "0",
+    # Each node's agent gathers the machine's and every worker's statistics for Ray's dashboard, every
+    # 5 s by default; once a minute: 0.5% of a core less (three nodes).
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",
+}
+
+
+def lean_settings(env: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """``env`` (e.g. os.environ) with LEAN_SETTINGS added where it does not set them itself."""
+    for name, value in LEAN_SETTINGS.items():
+        env.setdefault(name, value)
+    return env
+
 
 def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """A fresh private Ray on this machine, bound to loopback only."""
@@ -37,6 +66,7 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
     from deepgrid.distributed.token import ensure_token
 
     ensure_token(lambda message: logging.getLogger("deepgrid").debug(message))
+    lean_settings(os.environ)  # read by ray.init, and by the processes it starts
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=NAMESPACE,
              include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
              configure_logging=True)
@@ -62,6 +92,7 @@ def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S, log_to_driver: bool
     from deepgrid.distributed.token import check_token
 
     check_token(host, port)
+    lean_settings(os.environ)  # this driver's own share (ray.init reads them)
     try:
         ray.init(address=f"{host}:{port}", namespace=NAMESPACE, logging_level=logging.WARNING,
                  log_to_driver=log_to_driver, _node_ip_address=node_ip)
