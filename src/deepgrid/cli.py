@@ -23,7 +23,7 @@ from typing import Any
 
 from deepgrid import __version__
 from deepgrid.config.conf import DATASETS, STRATEGIES
-from deepgrid.dashboard.address import add_dashboard_flags, dashboard_flag
+from deepgrid.config.dashboard_address import add_dashboard_flags, dashboard_flag
 from deepgrid.errors import ConfigError, DeepgridError, invalid
 from deepgrid.report import add_report_command, evaluate_saved, report
 from deepgrid.train.logs import add_verbosity_flags, configure_cli_logging, level_of, show_configuration

@@ -328,7 +328,7 @@ def test_a_browser_shows_the_workers_and_a_growing_loss_chart(browser: Any, tmp_
 
 def test_the_dashboard_setting_and_flags(capsys: pytest.CaptureFixture[str]) -> None:
     from deepgrid.cli import build_parser
-    from deepgrid.dashboard.address import dashboard_flag
+    from deepgrid.config.dashboard_address import dashboard_flag
     from deepgrid.errors import ConfigError
 
     assert Conf().dashboard == "127.0.0.1:0"

@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sklearn",),
     ("checkpoint",),  # run checkpoints; a model's own files are models.files
     ("state", "registry"),
-    ("distributed",),
+    ("distributed", "dashboard"),  # dashboard: the master's live page, started by the runner
     ("cli", "report", "deepgrid", "__main__"),  # __main__: python -m deepgrid, the CLI
 )
 LAYER_OF: dict[str, int] = {name: index for index, names in enumerate(LAYERS) for name in names}

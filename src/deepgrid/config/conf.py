@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from deepgrid.config.dashboard_address import DEFAULT as DASHBOARD_DEFAULT
+from deepgrid.config.dashboard_address import check_dashboard
 from deepgrid.config.model_names import check_model_name
 from deepgrid.config.network import NeuralNetConfiguration
 from deepgrid.config.secrets import mask_secrets, public_conf
@@ -29,8 +31,6 @@ from deepgrid.config.validation import (
     check,
     reject_unknown_keys,
 )
-from deepgrid.dashboard.address import DEFAULT as DASHBOARD_DEFAULT
-from deepgrid.dashboard.address import check_dashboard
 from deepgrid.errors import ConfigError, invalid
 
 MNIST_DATASETS = ("fashion-mnist", "mnist")

@@ -17,8 +17,8 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deepgrid.config.dashboard_address import DEFAULT, is_loopback, split_address, url_host
 from deepgrid.dashboard.accuracy import AccuracyWorker
-from deepgrid.dashboard.address import DEFAULT, is_loopback, split_address, url_host
 from deepgrid.dashboard.view import RunView
 from deepgrid.errors import ConfigError, DeepgridError
 from deepgrid.state.status import status_path
