@@ -12,8 +12,11 @@ Links: unlimited (veth), then shaped with a token bucket (``tc qdisc ... tbf``) 
 outgoing side, to 1 Gbit/s and 100 Mbit/s (this kernel has tbf but no netem, so no latency is
 added). Printed per contender: samples/s (inside training, the master's own clock), rounds,
 time per round, bytes the master host sent per round and bytes each worker host sent per round
-(interface counters), the ratio of 2 hosts to 1 host, and how much CPU other people's processes
-took meanwhile (% of one core; the load average at the end). Each contender holds
+(interface counters), the ratio of 2 hosts to 1 host, how busy the actors were (their CPU time
+over the training time) and their CPU per round, the ratio the two runs would give had their actors
+trained at the same speed (2 x busy with 2 hosts / busy with 1: this machine's cores run at varying
+speed, which moves samples/s from run to run), and how much CPU other people's processes took
+meanwhile (% of one core; the load average at the end). Each contender holds
 /tmp/deepgrid-bench.lock (bench/common.py's BenchLock), which other sessions' test runs wait for.
 With --cpu, also every process's CPU while training, by host and role (actor, master driver, raylet,
 GCS, agents...), as % of one core and as CPU milliseconds per round.
@@ -172,7 +175,14 @@ def run_one(n_hosts: int, rate: str | None, conf: Path, work: Path, cpu: bool = 
         raise SystemExit(f"master failed ({run.returncode}):\n{''.join(lines)[-3000:]}")
     result = json.loads(out.strip().splitlines()[-1])
     rounds = max(1, result["rounds"])
-    others = sum(pct for host, label, pct in window.get("table", ()) if host == "outside" and label != "bench_hosts")
+    table = window.get("table", ())
+    others = sum(pct for host, label, pct in table if host == "outside" and label != "bench_hosts")
+    # How busy the worker hosts' actors were, and their CPU per round: this machine's cores run at
+    # varying speed (the same 100 mini-batches took 130 to 180 ms of CPU from one run to the next),
+    # which moves samples/s, while the share of the time the actors could train is what the
+    # overheads decide.
+    actor = sum(pct for host, label, pct in table if host != "master" and label == "ray::Worker")
+    seconds = window.get("seconds", 0.0)
     return {
         "hosts": n_hosts, "link": rate or "unlimited", "samples_per_s": result["samples_per_s"],
         "rounds": rounds, "s_per_round": result["elapsed_s"] / rounds,
@@ -180,6 +190,7 @@ def run_one(n_hosts: int, rate: str | None, conf: Path, work: Path, cpu: bool = 
         "worker_bytes_per_round": sum(sent[n] for n in names[1:]) / rounds / n_hosts,
         "setup_mb": setup_bytes / 1e6, "test_accuracy": result["test_accuracy"],
         "jobs_by_host": result["jobs_by_host"], "others_cpu_pct": others, "load": window.get("load", (0.0,))[0],
+        "actor_busy_pct": actor / n_hosts, "actor_ms_per_round": actor / n_hosts * 10.0 * seconds / rounds,
         **({"cpu": window} if cpu and window else {}),
     }
 
@@ -242,21 +253,27 @@ def main() -> None:
                         print_cpu(row)
                 if len(pair) == 2:
                     pair[1]["ratio"] = pair[1]["samples_per_s"] / pair[0]["samples_per_s"]
+                    # the ratio had both runs' actors trained at the same speed
+                    pair[1]["busy_ratio"] = 2 * pair[1]["actor_busy_pct"] / max(pair[0]["actor_busy_pct"], 1e-9)
     finally:
         lock.release()
     print("\n| link | worker hosts | samples/s | 2 hosts / 1 host | rounds | s/round | master sent/round | "
-          "each worker sent/round | set-up MB moved | test acc | others' CPU | load |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "each worker sent/round | set-up MB moved | test acc | actor busy | actor CPU ms/round | "
+          "2 / 1 at equal speed | others' CPU | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         ratio = f"{row['ratio']:.2f}" if "ratio" in row else "-"
+        busy_ratio = f"{row['busy_ratio']:.2f}" if "busy_ratio" in row else "-"
         print(f"| {row['link']} | {row['hosts']} | {row['samples_per_s']:,.0f} | {ratio} | {row['rounds']} | "
               f"{row['s_per_round']:.3f} | {row['master_bytes_per_round'] / 1e6:.2f} MB | "
               f"{row['worker_bytes_per_round'] / 1e6:.2f} MB | {row['setup_mb']:.0f} | {row['test_accuracy']:.4f} | "
+              f"{row['actor_busy_pct']:.0f}% | {row['actor_ms_per_round']:.0f} | {busy_ratio} | "
               f"{row['others_cpu_pct']:.0f}% | {row['load']:.1f} |")
     for link in dict.fromkeys(row["link"] for row in rows):
-        ratios = sorted(row["ratio"] for row in rows if row["link"] == link and "ratio" in row)
-        if len(ratios) > 1:
-            print(f"{link}: 2 hosts / 1 host {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
+        for key, what in (("ratio", "2 hosts / 1 host"), ("busy_ratio", "at equal actor speed")):
+            ratios = sorted(row[key] for row in rows if row["link"] == link and key in row)
+            if len(ratios) > 1:
+                print(f"{link}: {what} {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")
 
 
 if __name__ == "__main__":
