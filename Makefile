@@ -23,7 +23,7 @@ system-packages:
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,cluster,plots,tensorboard]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,cluster,plots,tensorboard,export,aws]"
 	touch $(STAMP)
 
 run: setup
