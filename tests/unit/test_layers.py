@@ -26,6 +26,7 @@ PACKAGE = SRC / "deepgrid"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "atomic_files"),  # nothing of deepgrid
     ("config",),
+    ("storage",),  # where files live: local paths and s3:// (issue 12); data and checkpoints use it
     ("data",),
     ("models",),  # knows nothing of training loops, run checkpoints or distribution
     ("train",),
@@ -33,7 +34,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("checkpoint",),  # run checkpoints; a model's own files are models.files
     ("state", "registry"),
     ("distributed", "dashboard"),  # dashboard: the master's live page, started by the runner
-    ("cli", "report", "deepgrid", "__main__"),  # __main__: python -m deepgrid, the CLI
+    # __main__: python -m deepgrid, the CLI; predict: `deepgrid predict|export` on a saved model;
+    # cloud: `deepgrid cluster ...` on AWS (issue 12)
+    ("cli", "report", "deepgrid", "__main__", "predict", "cloud"),
 )
 LAYER_OF: dict[str, int] = {name: index for index, names in enumerate(LAYERS) for name in names}
 
