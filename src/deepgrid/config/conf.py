@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from deepgrid.config.cloud import check_cloud
 from deepgrid.config.dashboard_address import DEFAULT as DASHBOARD_DEFAULT
 from deepgrid.config.dashboard_address import check_dashboard
 from deepgrid.config.model_names import check_model_name
@@ -160,6 +161,7 @@ class Conf:
     # free one. Loopback needs no token; any other address asks for one, printed with the URL.
     # None or "off": no dashboard.
     dashboard: str | None = DASHBOARD_DEFAULT
+    cloud: dict[str, Any] | None = None  # `deepgrid cluster up` on AWS: see deepgrid.config.cloud
 
     def __post_init__(self) -> None:
         for name, rule in RULES.items():
@@ -171,6 +173,7 @@ class Conf:
         object.__setattr__(self, "model", check_model_name(self.model))
         check_job_name(self.job_name)
         object.__setattr__(self, "dashboard", check_dashboard(self.dashboard))
+        object.__setattr__(self, "cloud", check_cloud(self.cloud))
 
     @property
     def finetune_epochs(self) -> int:
