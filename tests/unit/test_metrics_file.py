@@ -363,3 +363,20 @@ def test_the_bar_counts_rounds(deepgrid_logger, capsys):
 
 def test_format_eta():
     assert [format_eta(s) for s in (None, float("inf"), 5, 65, 3725)] == ["?", "?", "0:05", "1:05", "1:02:05"]
+
+
+def test_the_epoch_accuracy_is_computed_once_per_validation(monkeypatch) -> None:
+    """The metrics file and the dashboard both want it; one pass over the validation set serves both."""
+    from types import SimpleNamespace
+
+    from deepgrid.distributed import metrics_file
+    from deepgrid.models.base import Phase
+
+    calls: list[int] = []
+    monkeypatch.setattr(metrics_file, "validation_accuracy", lambda model, data: calls.append(1) or 0.5 + len(calls))
+    master = SimpleNamespace(model=None, validation=None, round=7)
+    finetune = Phase("finetune", 3)
+    assert metrics_file.epoch_accuracy(master, finetune, 0) == 1.5
+    assert metrics_file.epoch_accuracy(master, finetune, 0) == 1.5 and len(calls) == 1
+    master.round = 9  # the next epoch's validation: new parameters, a new pass
+    assert metrics_file.epoch_accuracy(master, finetune, 1) == 2.5 and len(calls) == 2

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from deepgrid.config.dashboard_address import DEFAULT, is_loopback, split_address, url_host
 from deepgrid.dashboard.accuracy import AccuracyWorker
 from deepgrid.dashboard.view import RunView
+from deepgrid.distributed.metrics_file import MetricsRecorder, epoch_accuracy
 from deepgrid.errors import ConfigError, DeepgridError
 from deepgrid.state.status import status_path
 
@@ -119,7 +120,10 @@ class Dashboard:
         if validation is None:
             return
         index = self.view.record_validation(phase.name, epoch, validation)
-        if self._accuracy is not None:
+        if any(isinstance(callback, MetricsRecorder) for callback in master.callbacks):
+            # The metrics file needs the accuracy too, on the training thread: share its one pass.
+            self.view.set_accuracy(index, epoch_accuracy(master, phase, epoch))
+        elif self._accuracy is not None:
             self._accuracy.submit(index, master.params)
 
 

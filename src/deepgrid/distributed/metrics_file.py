@@ -46,7 +46,18 @@ class MetricsRecorder:
         # The runner validated with the round's parameters in master.model: the accuracy is of the same.
         self.metrics.add_validation(round=master.round, phase=phase.name, epoch=epoch + 1, loss=loss,
                                     validation_loss=validation, best_loss=master.progress.best_loss,
-                                    accuracy=validation_accuracy(master.model, master.validation))
+                                    accuracy=epoch_accuracy(master, phase, epoch))
+
+
+def epoch_accuracy(master: ActorNetworkRunner, phase: Phase, epoch: int) -> float | None:
+    """The validation accuracy after ``phase``'s ``epoch``, computed once however many callbacks ask
+    (the metrics file and the dashboard): a pass over the validation set costs a few % of an epoch."""
+    key = (phase.name, epoch, master.round)
+    cached = getattr(master, "_epoch_accuracy", None)
+    if cached is None or cached[0] != key:
+        # The runner validated with the round's parameters in master.model: the accuracy is of the same.
+        cached = master._epoch_accuracy = (key, validation_accuracy(master.model, master.validation))
+    return cached[1]
 
 
 def call_hook(callbacks: list[Any], name: str, *args: Any) -> None:
