@@ -66,6 +66,7 @@ RULES: dict[str, Rule] = {
     "input_shape": Rule("sizes"),
     "conv_channels": Rule("sizes"),
     "kernel_size": POSITIVE_INT,
+    "precision": Rule("choice", choices=("float32", "bf16")),
 }
 
 # Fields a layer may override; the rest are properties of the whole network.
@@ -138,6 +139,7 @@ class NeuralNetConfiguration:
     input_shape: tuple[int, ...] = (1, 28, 28)  # CNN only: (channels, height, width)
     conv_channels: tuple[int, ...] = (32, 64)  # CNN only
     kernel_size: int = 5  # CNN only
+    precision: str = "float32"  # bf16: rbm, dbn and sda train their products in bfloat16 (docs/precision.md)
     layers: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from deepgrid.config.network import LayerConf
 from deepgrid.models.base import init_linear
+from deepgrid.models.cd import autocast
 from deepgrid.models.dbn import LayerwiseModel
 from deepgrid.models.registry import register
 
@@ -78,9 +79,11 @@ class DenoisingAutoencoderLayer(nn.Module):
             per_input = 0.5 * (pre - x).square()
         return per_input.sum(dim=1).mean()
 
-    def pretrain_loss(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(objective, reported loss): the reconstruction loss of x from its corrupted copy."""
-        loss = self.reconstruction_loss(x, self.corrupt(x))
+    def pretrain_loss(self, x: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+        """(objective, reported loss): the reconstruction loss of x from its corrupted copy
+        (the products in ``dtype``, bf16 for ``precision: bf16``, under autocast)."""
+        with autocast(dtype, x.device):
+            loss = self.reconstruction_loss(x, self.corrupt(x))
         return loss, loss.detach()
 
 

@@ -9,6 +9,7 @@ softmax output layer by backpropagation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from deepgrid.config.network import LayerConf
-from deepgrid.models.base import FINETUNE, Model, Phase, init_linear
-from deepgrid.models.rbm import RBMLayer, layer_index, pretrain_phase, transform
+from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
+from deepgrid.models.cd import autocast
+from deepgrid.models.rbm import RBMLayer, layer_index, precision, pretrain_phase, train_cd, transform
 from deepgrid.models.registry import register
 
 
@@ -76,15 +78,31 @@ class LayerwiseModel(Model):
         layer = self.conf.layer(index)
         return self.conf.pretrain_optimizer, layer.pretrain_lr, layer.momentum, layer.l2
 
-    def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def train_step(self, phase: str, batches: Sequence[Batch],
+                   on_gradients: Callable[[int], None] | None = None) -> StepResult:
         index = layer_index(phase)
-        if index is None:
-            return super().batch_loss(phase, x, y)
-        with torch.no_grad():  # the layers below are fixed while layer `index` trains
+        step = None
+        if index is not None and isinstance(self.layers[index], RBMLayer):  # an RBM: CD with SGD by hand
+            step = train_cd(self, self.layers[index], phase, batches, lambda x: self._below(index, x, precision(self)),
+                            on_gradients)
+        return step or super().train_step(phase, batches, on_gradients)
+
+    def _below(self, index: int, x: Tensor, dtype: torch.dtype | None) -> Tensor:
+        """The input of layer ``index``: x through the (fixed) layers below, in ``dtype``'s precision."""
+        with torch.no_grad(), autocast(dtype, x.device):
             h = x
             for layer in self.layers[:index]:
                 h = layer.mean_hiddens(h)  # (B, size of layer below)
-        return self.layers[index].pretrain_loss(h)
+        return h
+
+    def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        index, dtype = layer_index(phase), precision(self)
+        if index is None:
+            with autocast(dtype, x.device):
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+            return loss, loss
+        return self.layers[index].pretrain_loss(self._below(index, x, dtype), dtype)
 
     def transform(self, x: Any) -> np.ndarray:
         """The top hidden layer's activations, shape (N, hidden_layer_sizes[-1])."""

@@ -22,6 +22,7 @@ surrogate.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ from torch.nn import functional as F
 
 from deepgrid.config.network import LayerConf
 from deepgrid.data.arrays import as_features
-from deepgrid.models.base import FINETUNE, Model, Phase, init_linear
+from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
+from deepgrid.models.cd import Scratch, autocast, compute_dtype, hand_sgd, sgd_step
 from deepgrid.models.registry import register
 
 PRETRAIN = "pretrain"
@@ -178,8 +180,35 @@ class RBMLayer(nn.Module):
             return self.n_visible * F.logsigmoid(self.free_energy(flipped) - self.free_energy(v))
 
     # -- training ---------------------------------------------------------------------------
+    def _scratch_for(self, v0: Tensor, dtype: torch.dtype | None) -> Scratch:
+        dtype = dtype or self.linear.weight.dtype
+        key = (len(v0), v0.device, dtype)
+        scratch = self.__dict__.get("_scratch")
+        if scratch is None or scratch.key != key:
+            scratch = Scratch(key, self.n_visible, self.n_hidden, self.linear.weight.dtype)
+            self.__dict__["_scratch"] = scratch  # not a buffer: no state_dict entry, not moved by .to()
+        return scratch
+
+    def _up(self, v: Tensor, out: Tensor, s: Scratch) -> tuple[Tensor | None, Tensor]:
+        """(pre-activation or None, E[h | v]) with the mean written into ``out``: binary units need no pre."""
+        torch.addmm(s.hidden_bias, v, s.weight.t(), out=out)
+        if self.hidden_unit == "binary":
+            return None, out.sigmoid_()
+        pre = out.clone()
+        return pre, out.clamp_min_(0)
+
+    def _sample(self, pre: Tensor | None, mean: Tensor, s: Scratch) -> Tensor:
+        if pre is None:
+            # rand < p in the reused buffer: the same random stream as torch.rand_like(mean).lt_(mean).
+            return s.sample.uniform_().lt_(mean)
+        return self._hidden_sample(pre, mean)
+
+    def _down(self, h: Tensor, out: Tensor, s: Scratch) -> Tensor:
+        torch.addmm(s.visible_bias, h, s.weight, out=out)
+        return out.sigmoid_() if self.visible_unit == "binary" else out
+
     @torch.no_grad()
-    def contrastive_divergence(self, v0: Tensor) -> tuple[Tensor, Tensor]:
+    def contrastive_divergence(self, v0: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """Write the CD-k (or PCD-k) gradient into ``.grad``; return (negative particles, reconstruction error).
 
         The gradient is that of ``free_energy(v0).mean() - free_energy(v_neg).mean()``
@@ -187,43 +216,55 @@ class RBMLayer(nn.Module):
         The reconstruction error is the mean squared error per visible unit of one
         Gibbs step from v0: the first step of the CD chain, or, for PCD, whose
         chain does not start at v0, E[v | E[h | v0]].
+
+        Every intermediate lives in buffers kept from batch to batch (``Scratch``): the
+        negative particles returned, and the ``.grad`` tensors, are overwritten by the next
+        call. ``dtype`` (torch.bfloat16 for ``precision: bf16``) is the dtype of the
+        products; the gradients stay in the parameters' dtype.
         """
-        pre0 = self.hidden_preactivation(v0)  # (B, n_hidden): shared by the positive phase and the first sample
-        h0 = self._hidden_mean(pre0)
+        s = self._scratch_for(v0, dtype)
+        s.load(self.linear.weight, self.linear.bias, self.visible_bias)
+        b = len(v0)
+        if v0.dtype != s.dtype:
+            v0 = s.visibles[b:].copy_(v0)
+        hiddens, visibles = s.hiddens, s.visibles  # rows :b the negative phase, b: the positive
+        pre0, h0 = self._up(v0, hiddens[b:], s)  # shared by the positive phase and the first sample
         if self.persistent:
-            if self.chains is None or self.chains.shape != h0.shape:
+            if self.chains is None or self.chains.shape != h0.shape or self.chains.dtype != h0.dtype:
                 # Start the fantasy particles at the data (better than zeros), then never restart them.
-                self.chains = self._hidden_sample(pre0, h0)
+                self.chains = self._sample(pre0, h0, s).clone()
             hidden = self.chains
         else:
-            hidden = self._hidden_sample(pre0, h0)
-        reconstruction = None
+            hidden = self._sample(pre0, h0, s)
+        error = None
         for step in range(self.k):
             # Visible probabilities, not samples, as Hinton's practical guide advises: less noise.
-            v_neg = self._visible_mean(hidden)  # (B, n_visible)
-            pre_neg = self.hidden_preactivation(v_neg)
-            h_neg = self._hidden_mean(pre_neg)  # the last step's probabilities: no sampling noise in the statistics
+            v_neg = self._down(hidden, visibles[:b], s)  # (B, n_visible)
+            pre_neg, h_neg = self._up(v_neg, hiddens[:b], s)  # the last step's probabilities: no sampling noise
             if step < self.k - 1 or self.persistent:
-                hidden = self._hidden_sample(pre_neg, h_neg)
-            if reconstruction is None:
-                reconstruction = v_neg
+                hidden = self._sample(pre_neg, h_neg, s)
+            if step == 0 and not self.persistent:
+                error = s.squared_error(v_neg, v0)
         if self.persistent:
-            self.chains = hidden
-            reconstruction = self._visible_mean(h0)
+            assert self.chains is not None
+            self.chains.copy_(hidden)
+            error = s.squared_error(self._down(h0, s.reconstruction, s), v0)
+        assert error is not None  # k >= 1
 
         # The weight gradient (h_neg^T v_neg - h0^T v0) / B as one (n_hidden, 2B) x (2B, n_visible)
         # product, faster than two half-size ones; 1/B is applied to the small factor.
-        positive = h0.neg()  # (B, n_hidden)
         sparsity = self._sparsity(h0)
+        positive = h0.neg_()  # (B, n_hidden)
         if sparsity is not None:
             positive += sparsity  # the product then adds the penalty's weight gradient, sparsity x mean(v0)
-        hiddens = torch.cat((h_neg, positive)).mul_(1.0 / len(v0))  # (2B, n_hidden)
-        visibles = torch.cat((v_neg, v0))  # (2B, n_visible)
-        self.linear.weight.grad = torch.mm(hiddens.t(), visibles)  # (n_hidden, n_visible)
-        self.linear.bias.grad = hiddens.sum(dim=0)  # (n_hidden,)
-        self.visible_bias.grad = (v_neg - v0).mean(dim=0)  # (n_visible,)
-        assert reconstruction is not None  # k >= 1
-        return v_neg, nn.functional.mse_loss(reconstruction, v0)
+        hiddens.mul_(1.0 / b)  # (2B, n_hidden)
+        if v0.data_ptr() != visibles[b:].data_ptr():
+            visibles[b:].copy_(v0)  # (2B, n_visible)
+        if self.k > 1 or self.persistent:  # CD-1's s.diff already holds v_neg - v0, from its error
+            torch.sub(v_neg, v0, out=s.diff)
+        s.gradients(hiddens, visibles)
+        self.linear.weight.grad, self.linear.bias.grad, self.visible_bias.grad = s.grads
+        return v_neg, error
 
     def _sparsity(self, h0: Tensor) -> Tensor | None:
         """The sparsity penalty's gradient w.r.t. each hidden pre-activation, shape (n_hidden,), or None.
@@ -237,11 +278,36 @@ class RBMLayer(nn.Module):
         q = h0.mean(dim=0)  # (n_hidden,)
         return self.sparsity_cost * (q - self.sparsity_target)
 
-    def pretrain_loss(self, v: Tensor) -> tuple[Tensor, Tensor]:
+    def pretrain_loss(self, v: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
         """(objective, reported loss) for one batch: see the module docstring."""
-        _, error = self.contrastive_divergence(v)
+        _, error = self.contrastive_divergence(v, dtype)
         # The gradient is already in .grad; backward() of a fresh leaf touches no parameter.
         return torch.zeros((), requires_grad=True), error
+
+
+def precision(model: Model) -> torch.dtype | None:
+    """The dtype of ``model``'s training products (None: float32); ConfigError without bf16 hardware."""
+    return compute_dtype(getattr(model.conf, "precision", "float32"), model.device)
+
+
+def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
+             on_gradients: Callable[[int], None] | None) -> StepResult | None:
+    """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (``cd.sgd_step``:
+    the same floats as the optimizer's step, without its bookkeeping); None where the phase needs the
+    generic loop (another optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
+    optimizer = model.optimizer(phase)
+    settings = hand_sgd(optimizer, on_gradients)
+    if settings is None:
+        return None
+    dtype, params = precision(model), list(layer.parameters())
+    model.module.train()
+    total, n = torch.zeros(()), 0
+    for x, _ in batches:
+        _, error = layer.contrastive_divergence(inputs(x), dtype)
+        sgd_step(optimizer, params, *settings)
+        total += error * len(x)  # a tensor sum: no sync per batch
+        n += len(x)
+    return StepResult(n, float(total) / max(n, 1))
 
 
 @register
@@ -284,12 +350,20 @@ class RBM(Model):
             return self.conf.pretrain_optimizer, layer.pretrain_lr, layer.momentum, layer.l2
         return super().phase_optimizer_settings(phase)
 
+    def train_step(self, phase: str, batches: Sequence[Batch],
+                   on_gradients: Callable[[int], None] | None = None) -> StepResult:
+        step = train_cd(self, self.rbm, phase, batches, lambda x: x, on_gradients) if layer_index(phase) == 0 else None
+        return step or super().train_step(phase, batches, on_gradients)
+
     def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        dtype = precision(self)
         if layer_index(phase) is not None:
-            return self.rbm.pretrain_loss(x)
+            return self.rbm.pretrain_loss(x, dtype)
         with torch.no_grad():  # the features are frozen: no gradient through the RBM
             features = self.rbm.mean_hiddens(x)
-        loss = F.cross_entropy(self.module["output"](features), y)
+        with autocast(dtype, x.device):
+            logits = self.module["output"](features)
+        loss = F.cross_entropy(logits.float(), y)
         return loss, loss
 
     def transform(self, x: Any) -> np.ndarray:
