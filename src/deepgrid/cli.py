@@ -25,6 +25,7 @@ from deepgrid import __version__
 from deepgrid.config.conf import DATASETS, STRATEGIES
 from deepgrid.config.dashboard_address import add_dashboard_flags, dashboard_flag
 from deepgrid.errors import ConfigError, DeepgridError, invalid
+from deepgrid.predict import add_model_commands
 from deepgrid.registry.commands import add_conf_commands
 from deepgrid.report import add_report_command, evaluate_saved, report
 from deepgrid.train.logs import add_verbosity_flags, configure_cli_logging, level_of, show_configuration
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
     evaluate.set_defaults(func=cmd_evaluate)
     add_report_command(sub)
+    add_model_commands(sub)
     add_verbosity_flags(parser, sub.choices.values())
     return parser
 

@@ -36,7 +36,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("distributed", "dashboard"),  # dashboard: the master's live page, started by the runner
     # __main__: python -m deepgrid, the CLI; predict: `deepgrid predict|export` on a saved model;
     # cloud: `deepgrid cluster ...` on AWS (issue 12)
-    ("cli", "report", "deepgrid", "__main__", "predict", "cloud"),
+    ("cli", "report", "deepgrid", "__main__", "predict", "export", "cloud"),
 )
 LAYER_OF: dict[str, int] = {name: index for index, names in enumerate(LAYERS) for name in names}
 
