@@ -12,12 +12,17 @@ strategies that move optimizer state see them.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from deepgrid.errors import ConfigError
+from deepgrid.models.base import Batch, Model, StepResult
+
+if TYPE_CHECKING:
+    from deepgrid.models.rbm import RBMLayer
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
 
@@ -73,37 +78,94 @@ def hand_sgd(optimizer: torch.optim.Optimizer, on_gradients: Callable[[int], Non
 
 
 @torch.no_grad()
-def sgd_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], lr: float, momentum: float,
-             weight_decay: float) -> None:
-    """One step of torch.optim.SGD's single-tensor path (its CPU default), the same operations in the
-    same order, so the same floats; weight decay goes into ``.grad`` in place (the CD buffers are ours)."""
-    for p in params:
-        grad = p.grad
-        assert grad is not None
-        if weight_decay != 0:
-            grad = grad.add_(p, alpha=weight_decay)
-        if momentum != 0:
-            state = optimizer.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = grad.detach().clone()
+def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor], lr: float,
+             momentum: float, weight_decay: float) -> None:
+    """One step of torch.optim.SGD (no Nesterov, no dampening): the operations of its single-tensor
+    path, its CPU default, as foreach calls (which run those same operations tensor by tensor, so
+    the same floats) with none of its per-step bookkeeping. Weight decay goes into ``grads`` in
+    place: they are the CD step's own buffers, rewritten every batch."""
+    if weight_decay != 0:
+        torch._foreach_add_(grads, params, alpha=weight_decay)
+    if momentum != 0:
+        states = [optimizer.state[p] for p in params]
+        bufs = [state.get("momentum_buffer") for state in states]
+        if None in bufs:  # the first step: the buffer starts as the gradient
+            for state, buf, grad in zip(states, bufs, grads, strict=True):
+                if buf is None:
+                    state["momentum_buffer"] = grad.detach().clone()
+                else:
+                    buf.mul_(momentum).add_(grad, alpha=1)
+            bufs = [state["momentum_buffer"] for state in states]
+        else:
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads, alpha=1)
+        grads = bufs
+    torch._foreach_add_(params, grads, alpha=-lr)
+
+
+def precision(model: Model) -> torch.dtype | None:
+    """The dtype of ``model``'s training products (None: float32); ConfigError without bf16 hardware."""
+    return compute_dtype(getattr(model.conf, "precision", "float32"), model.device)
+
+
+def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
+             on_gradients: Callable[[int], None] | None) -> StepResult | None:
+    """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (``cd.sgd_step``:
+    the same floats as the optimizer's step, without its bookkeeping); None where the phase needs the
+    generic loop (another optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
+    optimizer = model.optimizer(phase)
+    settings = hand_sgd(optimizer, on_gradients)
+    if settings is None:
+        return None
+    lr, momentum, weight_decay = settings
+    weight, biases = layer.linear.weight, [layer.linear.bias, layer.visible_bias]
+    dtype, params = precision(model), [weight, *biases]  # in s.grads' order
+    states = [optimizer.state[p] for p in params]
+    model.module.train()
+    total, n, fused, s = torch.zeros(()), 0, None, None
+    with torch.no_grad():
+        for x, _ in batches:
+            v = inputs(x)
+            if fused is None or len(v) != fused[0]:
+                if s is not None:
+                    total += s.error[0]
+                s = layer._scratch_for(v, dtype)
+                s.error.zero_()
+                bufs = [state.get("momentum_buffer") for state in states]
+                # Once SGD has its momentum buffers (from its first step), the weight's momentum update
+                # goes into its gradient's product (float32; Scratch.gradients) and the rest are foreach.
+                fused = (len(v), bufs) if momentum != 0 and dtype is None and None not in bufs else None
+            if fused is None:
+                layer.cd_step(v, dtype)
+                sgd_step(optimizer, params, s.grads, *settings)
+                fused = None
             else:
-                buf.mul_(momentum).add_(grad, alpha=1)
-            grad = buf
-        p.add_(grad, alpha=-lr)
+                bufs = fused[1]
+                layer.cd_step(v, dtype, bufs[0], momentum)  # bufs[0] = momentum x bufs[0] + dW
+                if weight_decay != 0:
+                    torch._foreach_add_(s.grads[1:], biases, alpha=weight_decay)
+                    bufs[0].add_(weight, alpha=weight_decay)
+                torch._foreach_mul_(bufs[1:], momentum)
+                torch._foreach_add_(bufs[1:], s.grads[1:], alpha=1)
+                torch._foreach_add_(params, bufs, alpha=-lr)
+            n += len(x)
+        if s is not None:
+            total += s.error[0]
+    return StepResult(n, float(total) / max(n * layer.n_visible, 1))
 
 
 class Scratch:
-    """The tensors one RBM's CD step reuses from batch to batch, for one (batch size, device, dtype).
+    """The tensors one RBM's CD step reuses from batch to batch, for one (batch size, device, dtype,
+    parameter storage): every intermediate and its views, made once, so a batch allocates nothing
+    and slices nothing (at batch 64, allocations and views cost more than the sigmoids).
 
-    Allocating them afresh every batch cost more than the sigmoids (profiled with torch.profiler
-    at batch 64). With ``dtype`` below the parameters' (bf16), the products run on copies of the
-    parameters in that dtype, made once per batch; the gradients come back in the parameters' dtype.
+    With ``dtype`` below the parameters' (bf16), the products run on copies of the parameters in
+    that dtype, refreshed each batch by ``load``; the gradients come back in the parameters' dtype.
     """
 
-    def __init__(self, key: tuple[int, torch.device, torch.dtype], n_visible: int, n_hidden: int,
-                 param_dtype: torch.dtype) -> None:
-        b, device, dtype = key
+    def __init__(self, key: tuple[Any, ...], weight: Tensor, hidden_bias: Tensor, visible_bias: Tensor) -> None:
+        b, device, dtype = key[:3]
+        (n_hidden, n_visible), param_dtype = weight.shape, weight.dtype
         self.key, self.dtype, self.cast = key, dtype, dtype != param_dtype
 
         def new(*shape: int, dt: torch.dtype = dtype) -> Tensor:
@@ -111,37 +173,56 @@ class Scratch:
 
         self.hiddens = new(2 * b, n_hidden)  # rows :b the negative phase, b: the positive
         self.visibles = new(2 * b, n_visible)
+        self.h_neg, self.h_pos = self.hiddens[:b], self.hiddens[b:]
+        self.v_neg, self.v_pos = self.visibles[:b], self.visibles[b:]
         self.sample = new(b, n_hidden)
         self.diff = new(b, n_visible)  # v_neg - v0
+        self.flat_diff, self.row_diff = self.diff.view(-1), self.diff.view(1, -1)
+        self.error = torch.zeros(1, device=device)  # summed squared errors, added to by each batch
+        # (2B, 1): 1/B for the negative rows, -1/B for the positive: h_neg / B and -h0 / B in one pass.
+        self.signed_scale = torch.cat((torch.ones(b), -torch.ones(b))).mul_(1.0 / b).view(-1, 1).to(device, dtype)
         self.reconstruction = new(b, n_visible)  # PCD's E[v | E[h | v0]]
         self.grads = (new(n_hidden, n_visible, dt=param_dtype), new(n_hidden, dt=param_dtype),
                       new(n_visible, dt=param_dtype))
+        self.params = (weight, hidden_bias, visible_bias)
         if self.cast:
             self.weight, self.hidden_bias, self.visible_bias = new(n_hidden, n_visible), new(n_hidden), new(n_visible)
             self.product = new(n_hidden, n_visible)
-
-    def load(self, weight: Tensor, hidden_bias: Tensor, visible_bias: Tensor) -> None:
-        """The parameters the products use this batch: themselves, or their copies in ``dtype``."""
-        if self.cast:
-            self.weight.copy_(weight)
-            self.hidden_bias.copy_(hidden_bias)
-            self.visible_bias.copy_(visible_bias)
-        else:
+        else:  # the parameters themselves: updated in place, so these stay current
             self.weight, self.hidden_bias, self.visible_bias = weight, hidden_bias, visible_bias
+        self.weight_t = self.weight.t()
 
-    def squared_error(self, v: Tensor, v0: Tensor) -> Tensor:
-        """Mean squared error per unit (a 0-d float tensor); leaves v - v0 in ``diff``."""
-        d = torch.sub(v, v0, out=self.diff).view(-1)
+    def load(self) -> None:
+        """Refresh the parameters' copies in ``dtype`` (bf16 only: float32 uses the parameters)."""
         if self.cast:
-            d = d.float()
-        return torch.dot(d, d) / d.numel()
+            torch._foreach_copy_((self.weight, self.hidden_bias, self.visible_bias), self.params)
 
-    def gradients(self, hiddens: Tensor, visibles: Tensor) -> None:
-        """``grads`` = (hiddens^T visibles, column sums of hiddens, column means of ``diff``)."""
-        weight, hidden_bias, visible_bias = self.grads
+    def add_squared_error(self, v: Tensor, v0: Tensor) -> None:
+        """Add the summed squared error of v to ``error`` (one matrix-vector product); leaves v - v0 in ``diff``."""
+        torch.sub(v, v0, out=self.diff)
         if self.cast:
-            weight.copy_(torch.mm(hiddens.t(), visibles, out=self.product))
+            d = self.flat_diff.float()
+            self.error += torch.dot(d, d)
         else:
-            torch.mm(hiddens.t(), visibles, out=weight)
-        torch.sum(hiddens, dim=0, dtype=weight.dtype, out=hidden_bias)
-        torch.mean(self.diff, dim=0, dtype=weight.dtype, out=visible_bias)
+            torch.addmv(self.error, self.row_diff, self.flat_diff, out=self.error)
+
+    def gradients(self, momentum_buffer: Tensor | None = None, momentum: float = 0.0) -> None:
+        """``grads`` = (hiddens^T visibles, column sums of hiddens, column means of ``diff``).
+
+        Given SGD's ``momentum_buffer`` of the weight, the product goes straight into it instead,
+        as momentum x buffer + hiddens^T visibles: the update SGD makes, without writing the weight
+        gradient out and reading it back (about 60 us a batch at 784x256; floats round differently
+        from the optimizer's separate passes in the last bits)."""
+        weight, hidden_bias, visible_bias = self.grads
+        if momentum_buffer is not None:
+            torch.addmm(momentum_buffer, self.hiddens.t(), self.visibles, beta=momentum, out=momentum_buffer)
+            torch.sum(self.hiddens, dim=0, out=hidden_bias)
+            torch.mean(self.diff, dim=0, out=visible_bias)
+        elif self.cast:
+            weight.copy_(torch.mm(self.hiddens.t(), self.visibles, out=self.product))
+            torch.sum(self.hiddens, dim=0, dtype=weight.dtype, out=hidden_bias)
+            torch.mean(self.diff, dim=0, dtype=weight.dtype, out=visible_bias)
+        else:
+            torch.mm(self.hiddens.t(), self.visibles, out=weight)
+            torch.sum(self.hiddens, dim=0, out=hidden_bias)
+            torch.mean(self.diff, dim=0, out=visible_bias)

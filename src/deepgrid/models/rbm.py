@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from deepgrid.config.network import LayerConf
 from deepgrid.data.arrays import as_features
 from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
-from deepgrid.models.cd import Scratch, autocast, compute_dtype, hand_sgd, sgd_step
+from deepgrid.models.cd import Scratch, autocast, precision, train_cd
 from deepgrid.models.registry import register
 
 PRETRAIN = "pretrain"
@@ -125,6 +125,11 @@ class RBMLayer(nn.Module):
         """E[h | v], shape (B, n_hidden): the features a DBN passes up."""
         return self._hidden_mean(self.hidden_preactivation(v))
 
+    def mean_hiddens_into(self, v: Tensor, out: Tensor) -> Tensor:
+        """``mean_hiddens(v)`` written into ``out`` (B, n_hidden): no allocation (no autograd)."""
+        torch.addmm(self.linear.bias, v, self.linear.weight.t(), out=out)
+        return out.sigmoid_() if self.hidden_unit == "binary" else out.clamp_min_(0)
+
     def sample_hiddens(self, v: Tensor) -> Tensor:
         """A sample of h | v, shape (B, n_hidden)."""
         pre = self.hidden_preactivation(v)
@@ -181,17 +186,17 @@ class RBMLayer(nn.Module):
 
     # -- training ---------------------------------------------------------------------------
     def _scratch_for(self, v0: Tensor, dtype: torch.dtype | None) -> Scratch:
-        dtype = dtype or self.linear.weight.dtype
-        key = (len(v0), v0.device, dtype)
+        weight = self.linear.weight
+        key = (len(v0), v0.device, dtype or weight.dtype, weight.data_ptr())
         scratch = self.__dict__.get("_scratch")
         if scratch is None or scratch.key != key:
-            scratch = Scratch(key, self.n_visible, self.n_hidden, self.linear.weight.dtype)
-            self.__dict__["_scratch"] = scratch  # not a buffer: no state_dict entry, not moved by .to()
+            # Not a buffer: no state_dict entry; a new one when the parameters move or change storage.
+            scratch = self.__dict__["_scratch"] = Scratch(key, weight, self.linear.bias, self.visible_bias)
         return scratch
 
     def _up(self, v: Tensor, out: Tensor, s: Scratch) -> tuple[Tensor | None, Tensor]:
         """(pre-activation or None, E[h | v]) with the mean written into ``out``: binary units need no pre."""
-        torch.addmm(s.hidden_bias, v, s.weight.t(), out=out)
+        torch.addmm(s.hidden_bias, v, s.weight_t, out=out)
         if self.hidden_unit == "binary":
             return None, out.sigmoid_()
         pre = out.clone()
@@ -223,12 +228,22 @@ class RBMLayer(nn.Module):
         products; the gradients stay in the parameters' dtype.
         """
         s = self._scratch_for(v0, dtype)
-        s.load(self.linear.weight, self.linear.bias, self.visible_bias)
-        b = len(v0)
+        s.error.zero_()
+        self.cd_step(v0, dtype)
+        self.linear.weight.grad, self.linear.bias.grad, self.visible_bias.grad = s.grads
+        return s.v_neg, s.error[0] / v0.numel()
+
+    def cd_step(self, v0: Tensor, dtype: torch.dtype | None, momentum_buffer: Tensor | None = None,
+                momentum: float = 0.0) -> Scratch:
+        """``contrastive_divergence`` without setting ``.grad`` (under no_grad): the gradients are in
+        the returned scratch's ``grads``, the summed squared reconstruction error in its ``error``.
+        With SGD's ``momentum_buffer`` of the weight, the weight gradient goes into it instead
+        (``Scratch.gradients``)."""
+        s = self._scratch_for(v0, dtype)
+        s.load()
         if v0.dtype != s.dtype:
-            v0 = s.visibles[b:].copy_(v0)
-        hiddens, visibles = s.hiddens, s.visibles  # rows :b the negative phase, b: the positive
-        pre0, h0 = self._up(v0, hiddens[b:], s)  # shared by the positive phase and the first sample
+            v0 = s.v_pos.copy_(v0)
+        pre0, h0 = self._up(v0, s.h_pos, s)  # shared by the positive phase and the first sample
         if self.persistent:
             if self.chains is None or self.chains.shape != h0.shape or self.chains.dtype != h0.dtype:
                 # Start the fantasy particles at the data (better than zeros), then never restart them.
@@ -236,35 +251,34 @@ class RBMLayer(nn.Module):
             hidden = self.chains
         else:
             hidden = self._sample(pre0, h0, s)
-        error = None
         for step in range(self.k):
             # Visible probabilities, not samples, as Hinton's practical guide advises: less noise.
-            v_neg = self._down(hidden, visibles[:b], s)  # (B, n_visible)
-            pre_neg, h_neg = self._up(v_neg, hiddens[:b], s)  # the last step's probabilities: no sampling noise
+            v_neg = self._down(hidden, s.v_neg, s)  # (B, n_visible)
+            pre_neg, h_neg = self._up(v_neg, s.h_neg, s)  # the last step's probabilities: no sampling noise
             if step < self.k - 1 or self.persistent:
                 hidden = self._sample(pre_neg, h_neg, s)
             if step == 0 and not self.persistent:
-                error = s.squared_error(v_neg, v0)
+                s.add_squared_error(v_neg, v0)
         if self.persistent:
             assert self.chains is not None
             self.chains.copy_(hidden)
-            error = s.squared_error(self._down(h0, s.reconstruction, s), v0)
-        assert error is not None  # k >= 1
+            s.add_squared_error(self._down(h0, s.reconstruction, s), v0)
 
         # The weight gradient (h_neg^T v_neg - h0^T v0) / B as one (n_hidden, 2B) x (2B, n_visible)
         # product, faster than two half-size ones; 1/B is applied to the small factor.
         sparsity = self._sparsity(h0)
-        positive = h0.neg_()  # (B, n_hidden)
-        if sparsity is not None:
+        if sparsity is None:
+            s.hiddens.mul_(s.signed_scale)  # (2B, n_hidden): h_neg / B, -h0 / B (the same floats as below)
+        else:
+            positive = h0.neg_()  # (B, n_hidden)
             positive += sparsity  # the product then adds the penalty's weight gradient, sparsity x mean(v0)
-        hiddens.mul_(1.0 / b)  # (2B, n_hidden)
-        if v0.data_ptr() != visibles[b:].data_ptr():
-            visibles[b:].copy_(v0)  # (2B, n_visible)
+            s.hiddens.mul_(1.0 / len(v0))
+        if v0 is not s.v_pos:
+            s.v_pos.copy_(v0)  # (2B, n_visible)
         if self.k > 1 or self.persistent:  # CD-1's s.diff already holds v_neg - v0, from its error
             torch.sub(v_neg, v0, out=s.diff)
-        s.gradients(hiddens, visibles)
-        self.linear.weight.grad, self.linear.bias.grad, self.visible_bias.grad = s.grads
-        return v_neg, error
+        s.gradients(momentum_buffer, momentum)
+        return s
 
     def _sparsity(self, h0: Tensor) -> Tensor | None:
         """The sparsity penalty's gradient w.r.t. each hidden pre-activation, shape (n_hidden,), or None.
@@ -283,31 +297,6 @@ class RBMLayer(nn.Module):
         _, error = self.contrastive_divergence(v, dtype)
         # The gradient is already in .grad; backward() of a fresh leaf touches no parameter.
         return torch.zeros((), requires_grad=True), error
-
-
-def precision(model: Model) -> torch.dtype | None:
-    """The dtype of ``model``'s training products (None: float32); ConfigError without bf16 hardware."""
-    return compute_dtype(getattr(model.conf, "precision", "float32"), model.device)
-
-
-def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
-             on_gradients: Callable[[int], None] | None) -> StepResult | None:
-    """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (``cd.sgd_step``:
-    the same floats as the optimizer's step, without its bookkeeping); None where the phase needs the
-    generic loop (another optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
-    optimizer = model.optimizer(phase)
-    settings = hand_sgd(optimizer, on_gradients)
-    if settings is None:
-        return None
-    dtype, params = precision(model), list(layer.parameters())
-    model.module.train()
-    total, n = torch.zeros(()), 0
-    for x, _ in batches:
-        _, error = layer.contrastive_divergence(inputs(x), dtype)
-        sgd_step(optimizer, params, *settings)
-        total += error * len(x)  # a tensor sum: no sync per batch
-        n += len(x)
-    return StepResult(n, float(total) / max(n, 1))
 
 
 @register
