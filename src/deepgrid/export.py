@@ -108,7 +108,7 @@ def export_model(model: Model, path: str | Path, fmt: str) -> bool:
 
 def _torchscript_writer(module: nn.Module, example: Tensor) -> Callable[[Path], None]:
     def write(tmp: Path) -> None:
-        with torch.no_grad(), _failure_as_model_error("TorchScript"):
+        with _quiet_exporter(), torch.no_grad(), _failure_as_model_error("TorchScript"):
             traced = torch.jit.trace(module, example)
         traced.save(str(tmp))
 
@@ -125,7 +125,7 @@ def _onnx_writer(module: nn.Module, example: Tensor) -> Callable[[Path], None]:
 
     def write(tmp: Path) -> None:
         batch = torch.export.Dim("batch")
-        with _quiet_onnx_exporter(), torch.no_grad(), _failure_as_model_error("ONNX"):
+        with _quiet_exporter(), torch.no_grad(), _failure_as_model_error("ONNX"):
             # external_data=False: the weights inside the one file (a file beside it would take the
             # temporary name); dynamic_shapes: any batch size, as `predict` takes any number of rows.
             torch.onnx.export(module, (example,), str(tmp), dynamo=True, external_data=False, verbose=False,
@@ -136,9 +136,10 @@ def _onnx_writer(module: nn.Module, example: Tensor) -> Callable[[Path], None]:
 
 
 @contextmanager
-def _quiet_onnx_exporter() -> Iterator[None]:
-    """The exporter logs a warning per torchvision operator it cannot find (torchvision is not a
-    dependency) and torch's own deprecation notices: noise on the command's stderr, not the user's."""
+def _quiet_exporter() -> Iterator[None]:
+    """The ONNX exporter logs a warning per torchvision operator it cannot find (torchvision is not a
+    dependency), and torch 2.13 calls TorchScript deprecated (it still traces, saves and loads): noise
+    about torch's internals, not the user's model."""
     logger = logging.getLogger("torch.onnx")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -169,7 +170,7 @@ def check_export(module: nn.Module, path: Path, fmt: str, n_in: int) -> bool:
     with torch.no_grad():
         expected = module(x).numpy()
     if fmt == "torchscript":
-        with torch.no_grad():
+        with _quiet_exporter(), torch.no_grad():
             got = torch.jit.load(str(path))(x).numpy()
     else:
         try:
