@@ -47,6 +47,9 @@ def _parse_name(name: str) -> tuple[int, str, int] | None:
     return int(match[1]), match[2] or "", int(match[3] or 0)
 
 
+parse_checkpoint_name = _parse_name  # public for deepgrid.checkpoint.remote (S3 keys, not directories)
+
+
 def checkpoint_name(round_: int, run_id: str, generation: int) -> str:
     name = f"{CHECKPOINT_PREFIX}{round_:09d}"
     if run_id:
@@ -98,6 +101,8 @@ def newest_checkpoint(directory: Path) -> Path:
     """The checkpoint a resume loads; a clear error when there is none."""
     if not directory.is_dir():
         raise ModelError(f"Resume directory {str(directory)!r} does not exist; pass the checkpoint directory of an earlier run.")
+    if (directory / CONFIG_FILE).is_file() and _parse_name(directory.name) is not None:
+        return directory  # one checkpoint named itself (what a resume from s3://.../ckpt-... downloads)
     found = list_checkpoints(directory)
     if not found:
         raise ModelError(f"Resume directory {directory} holds no checkpoint ({CHECKPOINT_PREFIX}*); nothing to resume from.")

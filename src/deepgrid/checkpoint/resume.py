@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 
 from deepgrid.checkpoint.naming import RUN_ID, RUN_STATE_FILE, list_checkpoints, newest_checkpoint
+from deepgrid.checkpoint.remote import RemoteCheckpoints
 from deepgrid.config.conf import Conf
 from deepgrid.config.network import NeuralNetConfiguration
 from deepgrid.errors import ConfigError, ModelError
@@ -29,6 +30,7 @@ from deepgrid.models.files import (
     read_weights,
     short_repr,
 )
+from deepgrid.storage import is_s3
 
 if TYPE_CHECKING:
     from deepgrid.models.base import Model
@@ -43,7 +45,7 @@ def load_latest_checkpoint(directory: Path, *, model_factory: Callable[[], Model
     ``conf``: the resuming run's Conf, checked against the checkpoint's (:func:`check_resume_conf`)
     before any weights are loaded.
     """
-    newest = newest_checkpoint(directory)
+    newest = newest_checkpoint(local_checkpoints(directory))
     try:
         meta = read_model_meta(newest)
         check_checkpoint_meta(meta, newest / CONFIG_FILE)
@@ -67,6 +69,14 @@ def load_latest_checkpoint(directory: Path, *, model_factory: Callable[[], Model
             raise _damaged(newest, e) from None
     load_weights(model, state, newest)
     return model, meta
+
+
+def local_checkpoints(directory: Path) -> Path:
+    """``directory`` itself, or for ``s3://...`` the downloaded checkpoint a resume loads (see
+    deepgrid.checkpoint.remote): its newest complete one, or the one the URL names."""
+    if not is_s3(directory):
+        return directory
+    return RemoteCheckpoints.open(directory).resolve()
 
 
 def _damaged(newest: Path, error: ModelError) -> ModelError:
@@ -165,6 +175,7 @@ def _json_value(value: Any) -> Any:
 def load_run_state(directory: Path) -> dict[str, np.ndarray]:
     """The run-state arrays of the checkpoint a resume loads from ``directory`` (a checkpoint directory
     also works); empty when it saved none."""
+    directory = local_checkpoints(directory)
     if (directory / CONFIG_FILE).is_file():
         checkpoint: Path | None = directory
     else:

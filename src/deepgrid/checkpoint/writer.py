@@ -29,8 +29,10 @@ from deepgrid.checkpoint.naming import (
     checkpoints_by_run,
     new_run_id,
 )
+from deepgrid.checkpoint.remote import RemoteCheckpoints
 from deepgrid.errors import ModelError, invalid
 from deepgrid.models.files import save_model_files
+from deepgrid.storage import is_s3
 
 if TYPE_CHECKING:
     from deepgrid.models.base import Model
@@ -135,7 +137,11 @@ class CheckpointWriter:
     """
 
     def __init__(self, directory: Path, model: Model, keep: int, *, run_id: str | None = None) -> None:
-        self.directory = Path(directory)
+        # s3://bucket/prefix: written into a local mirror as usual, then uploaded (deepgrid.checkpoint.remote)
+        self.remote = RemoteCheckpoints.open(directory) if is_s3(directory) else None
+        if self.remote is not None:
+            self.remote.scan()  # a missing bucket or bad credentials: one line now, not at the first save
+        self.directory = self.remote.mirror if self.remote is not None else Path(directory)
         self.keep = keep
         self.run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         self._model = model
@@ -146,6 +152,7 @@ class CheckpointWriter:
         self._closed = False
         self.last_written: Path | None = None
         self.write_seconds: list[float] = []  # how long each write took, for reports
+        self.upload_seconds: list[float] = []  # s3: how long each upload took (included in write_seconds)
         removed = remove_stale_staging(self.directory, self.run_id)
         if removed:
             log.info("removed %d half-written checkpoint(s) in %s", removed, self.directory)
@@ -199,6 +206,8 @@ class CheckpointWriter:
                 meta = {**meta, "run_id": self.run_id, "saved_at": time.time()}
                 written = save_checkpoint(self.directory, self._model, meta, keep=self.keep, tensors=tensors,
                                           run_id=self.run_id)
+                if self.remote is not None:
+                    self._upload(written)
                 self.write_seconds.append(time.perf_counter() - started)
             except BaseException as e:  # handed to the training thread at its next submit or flush
                 with self._cond:
@@ -210,6 +219,14 @@ class CheckpointWriter:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
+
+
+    def _upload(self, written: Path) -> None:
+        assert self.remote is not None
+        url, seconds = self.remote.publish(written, self.keep)
+        self.upload_seconds.append(seconds)
+        size = sum(p.stat().st_size for p in written.iterdir() if p.is_file())
+        log.info("checkpoint uploaded to %s in %.3f s (%.1f MB)", url, seconds, size / 1e6)
 
 
 def _discard(path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,18 @@ def check(name: str, value: Any, rule: Rule) -> Any:
         raise bad
     if rule.high is not None and value > rule.high:
         raise bad
+    return value
+
+
+# s3://bucket[/prefix] (deepgrid.storage reads them): S3's bucket naming rules, their common subset.
+S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?")
+
+
+def check_location(name: str, value: str | None) -> str | None:
+    """A local path, or an ``s3://`` URL that names a bucket S3 could hold: one line otherwise."""
+    if value is not None and value[:3].lower() == "s3:" and (not S3_URL.fullmatch(value) or ".." in value.split("/")[2]):
+        raise ConfigError(invalid(name, value, "a local path or s3://BUCKET/PREFIX",
+                                  "A bucket name is 3 to 63 lowercase letters, digits, dots or hyphens."))
     return value
 
 

@@ -26,6 +26,7 @@ from deepgrid.config.conf import MNIST_DATASETS
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.idx import read_idx
 from deepgrid.errors import DataError, invalid
+from deepgrid.storage import local_dir
 
 if TYPE_CHECKING:
     from deepgrid.config.conf import Conf
@@ -118,7 +119,8 @@ def find_data_dir(name: str = "fashion-mnist", data_dir: str | os.PathLike[str] 
     """
     name = _check_name(name)
     if data_dir is not None:
-        given = Path(data_dir).expanduser()
+        # s3://bucket/prefix: the files come to a local cache first (deepgrid.storage.cache)
+        given = Path(local_dir(data_dir)).expanduser()
         if not given.is_dir():
             what = "is not a directory" if given.exists() else "does not exist"
             raise DataError(

@@ -32,6 +32,7 @@ import torch
 
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.errors import DataError
+from deepgrid.storage import local_dir
 
 if TYPE_CHECKING:
     from deepgrid.config.conf import Conf
@@ -82,7 +83,8 @@ def _data_dir(conf: Conf) -> Path:
     if conf.data_dir is None:
         raise DataError(f"dataset {conf.dataset} reads its train and test files from data_dir, which is not set; "
                         "set data_dir (or --data-dir) to the directory that holds them.")
-    directory = Path(conf.data_dir).expanduser()
+    # s3://bucket/prefix: read from a local copy in the cache (deepgrid.storage.cache)
+    directory = Path(local_dir(conf.data_dir)).expanduser()
     if not directory.is_dir():
         raise DataError(f"data_dir {str(directory)!r} is not a directory; set data_dir to the directory that "
                         f"holds the {conf.dataset} train and test files.")
