@@ -30,7 +30,6 @@ from deepgrid.config.validation import (
     POSITIVE_INT,
     Rule,
     check,
-    check_location,
     reject_unknown_keys,
 )
 from deepgrid.errors import ConfigError, invalid
@@ -93,7 +92,7 @@ MAX_JOB_NAME = 100
 class Conf:
     """Everything about the run and the cluster. See the module docstring."""
 
-    model: str = "dbn"
+    model: str = "dbn"  # a built-in kind, a `deepgrid.models` entry point, or pkg.module:ClassOrFactory
     network: NeuralNetConfiguration = field(default_factory=NeuralNetConfiguration)
     dataset: str = "fashion-mnist"
     data_dir: str | None = None  # else $DEEPGRID_DATA, then Debian's /usr/share/datasets/<dataset>
@@ -173,14 +172,17 @@ class Conf:
             raise ConfigError(invalid("network", self.network, "a NeuralNetConfiguration or a mapping"))
         object.__setattr__(self, "model", check_model_name(self.model))
         check_job_name(self.job_name)
-        for name in ("data_dir", "checkpoint_dir"):  # a path, or s3://bucket/prefix (deepgrid.storage)
-            check_location(name, getattr(self, name))
         object.__setattr__(self, "dashboard", check_dashboard(self.dashboard))
         object.__setattr__(self, "cloud", check_cloud(self.cloud))
 
     @property
     def finetune_epochs(self) -> int:
         return self.epochs if self.epochs is not None else self.network.finetune_epochs
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        """The keyword arguments a user's model (``model: pkg.module:Class``) is built with."""
+        return dict(self.network.model_args)
 
     @property
     def effective_workers(self) -> int:
@@ -209,6 +211,8 @@ class Conf:
     def from_dict(cls, data: Any) -> Conf:
         if not isinstance(data, dict):
             raise ConfigError(f"A configuration must be a mapping of keys to values; got {type(data).__name__}.")
+        if "model_args" in data:  # a user's model's arguments beside `model:`; they live in the network
+            data = fold_model_args(data)
         reject_unknown_keys("the configuration", data, [f.name for f in fields(cls)])
         return cls(**data)
 
@@ -231,6 +235,20 @@ class Conf:
     def describe(self) -> str:
         """The effective configuration as YAML, secrets masked: printed at start."""
         return mask_secrets(yaml.safe_dump(self.public_dict(), sort_keys=False))
+
+
+def fold_model_args(data: dict[str, Any]) -> dict[str, Any]:
+    """A Conf mapping's top-level ``model_args`` moved into its network (network.model_args)."""
+    data = dict(data)
+    args = data.pop("model_args")
+    network = data.get("network", {})
+    network = network.to_dict() if isinstance(network, NeuralNetConfiguration) else network
+    if not isinstance(network, dict):
+        return data  # Conf() names the bad network
+    if network.get("model_args") not in (None, {}, args):
+        raise ConfigError("model_args is given twice, at the top and in network, with different values; keep one.")
+    data["network"] = {**network, "model_args": args}
+    return data
 
 
 def check_job_name(name: Any) -> str:

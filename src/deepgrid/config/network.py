@@ -14,6 +14,7 @@ effective values.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
@@ -141,6 +142,9 @@ class NeuralNetConfiguration:
     kernel_size: int = 5  # CNN only
     precision: str = "float32"  # bf16: rbm, dbn and sda train their products in bfloat16 (docs/precision.md)
     layers: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    # model pkg.module:ClassOrFactory (a user's torch module): the keyword arguments it is built
+    # with. Here, not in the Conf, so they travel with the network to every worker and into model.json.
+    model_args: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         # The one place every value is checked; frozen, so set through object.__setattr__.
@@ -149,6 +153,7 @@ class NeuralNetConfiguration:
         if len(self.input_shape) != 3:
             raise ConfigError(invalid("input_shape", self.input_shape, "three sizes: channels, height, width"))
         object.__setattr__(self, "layers", MappingProxyType(self._check_layers(self.layers)))
+        object.__setattr__(self, "model_args", MappingProxyType(check_model_args(self.model_args)))
         self._check_size()
 
     def estimated_parameters(self) -> int:
@@ -222,6 +227,8 @@ class NeuralNetConfiguration:
                 value = list(value)
             elif name == "layers":
                 value = {str(i): dict(o) for i, o in value.items()}
+            elif name == "model_args":
+                value = dict(value)
             out[name] = value
         return out
 
@@ -238,6 +245,20 @@ class NeuralNetConfiguration:
     @staticmethod
     def builder() -> Builder:
         return Builder()
+
+
+def check_model_args(args: Any) -> dict[str, Any]:
+    """``model_args`` as a plain dict of JSON values (it is saved in model.json), or a ConfigError."""
+    if args is None:
+        return {}
+    if not hasattr(args, "items") or not all(isinstance(k, str) and k.isidentifier() for k in args):
+        raise ConfigError(invalid("model_args", args, "a mapping of keyword-argument names to values"))
+    try:
+        # A copy through JSON: nested values can no longer change under the frozen configuration.
+        return json.loads(json.dumps(dict(args), allow_nan=False))
+    except (TypeError, ValueError):
+        raise ConfigError(invalid("model_args", args, "JSON values (numbers, strings, booleans, lists, "
+                                  "mappings): they are saved in model.json")) from None
 
 
 class Builder:

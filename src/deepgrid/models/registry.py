@@ -1,4 +1,8 @@
-"""Model kinds by name: the seed's ``-a dbn``. ``get("dbn")`` gives the class."""
+"""Model kinds by name: the seed's ``-a dbn``. ``get("dbn")`` gives the class.
+
+A name that is no built-in or registered kind is a user's own network: ``pkg.module:ClassOrFactory``
+or an entry point of the group ``deepgrid.models`` (deepgrid.models.user builds its class).
+"""
 
 from __future__ import annotations
 
@@ -27,8 +31,14 @@ def names() -> list[str]:
 
 
 def get(name: str) -> type[Model]:
+    """The model class ``name`` names; for a user's network, a ConfigError when it cannot be imported."""
     _load_builtins()
-    return _MODELS[check_model_name(name)]
+    key = check_model_name(name)
+    if key in _MODELS:
+        return _MODELS[key]
+    from deepgrid.models.user import user_model_class
+
+    return user_model_class(key)
 
 
 def _load_builtins() -> None:
