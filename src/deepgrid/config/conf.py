@@ -30,6 +30,7 @@ from deepgrid.config.validation import (
     POSITIVE_INT,
     Rule,
     check,
+    check_location,
     reject_unknown_keys,
 )
 from deepgrid.errors import ConfigError, invalid
@@ -172,6 +173,8 @@ class Conf:
             raise ConfigError(invalid("network", self.network, "a NeuralNetConfiguration or a mapping"))
         object.__setattr__(self, "model", check_model_name(self.model))
         check_job_name(self.job_name)
+        for name in ("data_dir", "checkpoint_dir"):  # a path, or s3://bucket/prefix (deepgrid.storage)
+            check_location(name, getattr(self, name))
         object.__setattr__(self, "dashboard", check_dashboard(self.dashboard))
         object.__setattr__(self, "cloud", check_cloud(self.cloud))
 
