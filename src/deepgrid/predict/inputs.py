@@ -183,11 +183,12 @@ def _table_chunks(path: Path, kind: str, s: Settings) -> tuple[int | None, Itera
     except ImportError:
         raise DataError(f"Reading {kind} files needs pyarrow, which is not installed; pip install pyarrow.") from None
 
+    numbers = f"features must be numbers, and labels (column {s.label_column!r}) class indices"
+
     def failed(e: Exception) -> DataError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "conversion" in first.lower():
-            return DataError(f"{path}: {first}; every column but the label column {s.label_column!r} must hold "
-                             "numbers.")
+            return DataError(f"{path}: {first}; {numbers}.")
         if "parse" in first.lower():
             return DataError(f"{path}: {first}; every row needs one value per header column.")
         return DataError(f"{path}: not a readable {kind} file ({first.rstrip('.')}).")
@@ -197,7 +198,9 @@ def _table_chunks(path: Path, kind: str, s: Settings) -> tuple[int | None, Itera
             from pyarrow import csv as pa_csv
 
             options = pa_csv.ReadOptions(use_threads=False)
-            names = list(pa_csv.open_csv(path, read_options=options).schema.names)
+            header = pa_csv.open_csv(path, read_options=options)  # reads the first block: the column names
+            names = list(header.schema.names)
+            header.close()
             if _all_numbers(names):
                 raise DataError(f"{path}: its first row ({', '.join(names[:3])}, ...) is numbers, not a header; "
                                 "add a header row naming the columns.")
@@ -213,8 +216,7 @@ def _table_chunks(path: Path, kind: str, s: Settings) -> tuple[int | None, Itera
             for field in parquet.schema_arrow:
                 if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
                         or pa.types.is_boolean(field.type) or pa.types.is_null(field.type)):
-                    raise DataError(f"{path}: column {field.name!r} holds {field.type}, not numbers; every column "
-                                    f"but the label column {s.label_column!r} must hold numbers.")
+                    raise DataError(f"{path}: column {field.name!r} holds {field.type}, not numbers; {numbers}.")
             batches = parquet.iter_batches(batch_size=CHUNK_ROWS)
     except (pa.ArrowInvalid, OSError) as e:
         raise failed(e) from None
