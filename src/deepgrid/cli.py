@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model (the embedded default: everything on this machine)",
                            description="Train a model on MNIST or Fashion-MNIST and report its test accuracy.")
     train.add_argument("conf", nargs="?", metavar="CONF", help="a YAML or JSON Conf file (see examples/)")
-    train.add_argument("--model", "-a", help="model kind: rbm, dbn, sda, mlp, cnn")
+    train.add_argument("--model", "-a", help="model kind: rbm, dbn, sda, mlp, cnn, a name an installed package "
+                       "registers (deepgrid.models), or pkg.module:ClassOrFactory for your own torch.nn.Module")
     train.add_argument("--epochs", type=positive_int, help="passes of fine-tuning over the training data")
     train.add_argument("--batch-size", type=positive_int, help="mini-batch size (per worker)")
     train.add_argument("--data-dir", help="directory with the IDX files (else $DEEPGRID_DATA, then Debian's)")

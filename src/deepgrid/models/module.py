@@ -23,6 +23,10 @@ class TorchModel(Model):
 
         model = TorchModel(nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10)),
                            optimizer="adam", finetune_lr=1e-3)
+
+    Its code is not saved, so loading and resuming need the module again (``TorchModel.load(dir,
+    module=...)``, a runner's ``model_factory``). Named in a Conf instead (``model: pkg.module:Class``,
+    deepgrid.models.user.UserModel), it is imported again by name wherever it is needed.
     """
 
     name = USER_MODULE
