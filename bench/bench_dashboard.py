@@ -18,6 +18,12 @@ validation accuracy's thread at nice 19 and the torch threads it started).
     .venv/bin/python bench/bench_dashboard.py              # 6 pairs, 60k examples, 5 epochs
     .venv/bin/python bench/bench_dashboard.py --pairs 10 --epochs 3
     .venv/bin/python bench/bench_dashboard.py --pairs 2 --epochs 1   # a smoke run
+    .venv/bin/python bench/bench_dashboard.py --metrics-file         # as `deepgrid train` runs
+
+With --metrics-file both runs write metrics.jsonl, as every `deepgrid train` and `deepgrid master`
+run does: the validation accuracy is then computed once on the training thread for the file, and
+the dashboard shows that one (no pass of its own), so the difference is the serving alone. Without
+it (the Python API, where no metrics file is written), the dashboard runs its own accuracy pass.
 
 While it times, it holds /tmp/deepgrid-bench.lock (other sessions' tests wait for it).
 """
@@ -110,10 +116,12 @@ def dashboard_cpu_s() -> tuple[float, float]:
     return serving, accuracy
 
 
-def one_run(dashboard: bool, train: Any, epochs: int, index: int, watch: Any) -> dict[str, Any]:
+def one_run(dashboard: bool, train: Any, epochs: int, index: int, watch: Any, metrics_file: bool = False) -> dict[str, Any]:
     import common  # here, not at the top: the page's process must not load torch (seconds of CPU)
 
+    from deepgrid.distributed.metrics_file import MetricsRecorder
     from deepgrid.distributed.runner import ActorNetworkRunner
+    from deepgrid.train.metrics_file import MetricsFile
 
     conf = common.deepgrid_conf(2, 100, epochs, f"bench-dashboard-{index}", validation_fraction=0.1,
                                 dashboard="127.0.0.1:0" if dashboard else None)
@@ -121,6 +129,9 @@ def one_run(dashboard: bool, train: Any, epochs: int, index: int, watch: Any) ->
     page = None
     try:
         runner.setup(conf)
+        if metrics_file:  # what the CLI adds after setup (distributed.metrics_file.begin_outputs)
+            out = Path(os.environ["DEEPGRID_HOME"]) / f"run-{index}"
+            runner.callbacks.append(MetricsRecorder(MetricsFile(out, fresh=True)))
         if dashboard:
             page = Page(next(c for c in runner.callbacks if type(c).__name__ == "Dashboard").url)
         before, ours = dashboard_cpu_s(), watch.ours()
@@ -142,6 +153,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=6, help="off/on pairs (default 6)")
     parser.add_argument("--limit", type=int, default=60_000, help="training examples (default 60000)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs a run (default 5)")
+    parser.add_argument("--metrics-file", action="store_true",
+                        help="both runs write metrics.jsonl, as `deepgrid train` does (see above)")
     parser.add_argument("--poll", metavar="URL", help=argparse.SUPPRESS)  # the page's process
     args = parser.parse_args()
     if args.poll:
@@ -166,7 +179,7 @@ def main() -> None:
             order = (False, True) if pair % 2 == 0 else (True, False)
             for dashboard in order:
                 foreign = watch.read()
-                run = one_run(dashboard, train, args.epochs, len(runs), watch)
+                run = one_run(dashboard, train, args.epochs, len(runs), watch, args.metrics_file)
                 run["others_cpu"] = (watch.read() - foreign) / max(run["train_s"], 1e-9)
                 runs.append(run)
                 print(f"pair {pair + 1}: dashboard {'on ' if dashboard else 'off'}  {run['samples_per_s']:9,.0f} samples/s"
