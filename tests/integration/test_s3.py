@@ -21,6 +21,8 @@ import yaml
 
 from deepgrid.checkpoint import CheckpointWriter, load_latest_checkpoint, load_run_state
 from deepgrid.checkpoint.remote import MANIFEST_FILE, RemoteCheckpoints
+from deepgrid.config.conf import Conf
+from deepgrid.data.mnist import load_splits
 from deepgrid.errors import ClusterError, ConfigError, DeepgridError, ModelError
 from deepgrid.models.mlp import MLP
 from deepgrid.storage import S3Store, S3Url, local_view, parse_s3_url
@@ -141,6 +143,23 @@ def test_data_view_is_cached_by_etag(aws: dict[str, str], tmp_path: Path) -> Non
     assert str(view).startswith(aws["DEEPGRID_HOME"])
     store.put_bytes(b"changed", S3Url(BUCKET, "data/train.csv"))  # a new ETag: a new copy
     assert (local_view(S3Url(BUCKET, "data")) / "train.csv").read_bytes() == b"changed"
+
+
+def test_sharded_data_dir_on_s3_reads_every_shard_in_order(aws: dict[str, str], tmp_path: Path) -> None:
+    fields = write_source("npz", tmp_path / "whole")
+    store = S3Store()
+    for split in ("train", "test"):
+        with np.load(tmp_path / "whole" / f"{split}.npz") as arrays:
+            x, y = arrays["x"], arrays["y"]
+        for index, rows in enumerate(np.array_split(np.arange(len(y)), 3)):
+            shard = tmp_path / f"{split}-{index:05d}.npz"
+            np.savez(shard, x=x[rows], y=y[rows])
+            store.upload(shard, S3Url(BUCKET, f"shards/{split}-{index:05d}.npz"))
+    conf = Conf(dataset="npz", data_dir=f"s3://{BUCKET}/shards", network=fields["network"])
+    train, test = load_splits(conf)
+    whole_train, whole_test = load_splits(conf.replace(data_dir=fields["data_dir"]))
+    assert len(train) == 600 and len(test) == 200
+    assert train.digest() == whole_train.digest() and test.digest() == whole_test.digest()
 
 
 def test_one_line_errors_in_process(aws: dict[str, str], moto_server: MotoServer,  # noqa: F811

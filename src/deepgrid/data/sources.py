@@ -65,18 +65,37 @@ def load_source(conf: Conf, split: str, limit: int | None = None) -> ArrayDatase
         x, y = read_image_folder(path, n_in=n_in, mode=conf.image_mode, limit=limit)
         return finish(x, y, n_in=n_in, n_out=n_out, binarize=conf.binarize, limit=limit, where=str(path))
     path = directory / f"{split}.{kind}"
-    if not path.is_file():
-        raise DataError(f"{path}: no such file; dataset {kind} reads train.{kind} and test.{kind} from data_dir "
-                        f"({directory}).")
+    # Sharded files (train-00000.npz, train-00001.npz, ...) when there is no single file: read in
+    # name order and joined, so the example order is the shards' order.
+    files = [path] if path.is_file() else sorted(p for p in directory.glob(f"{split}-*.{kind}") if p.is_file())
+    if not files:
+        raise DataError(f"{path}: no such file; dataset {kind} reads train.{kind} and test.{kind} (or shards "
+                        f"train-*.{kind}, test-*.{kind}) from data_dir ({directory}).")
+    parts = [_read_file(file, kind, conf) for file in files]
+    x, y = parts[0] if len(parts) == 1 else _join(parts, files)
+    where = str(path) if files == [path] else f"{directory}/{split}-*.{kind}"
+    return finish(x, y, n_in=n_in, n_out=n_out, binarize=conf.binarize, limit=limit, where=where)
+
+
+def _read_file(path: Path, kind: str, conf: Conf) -> tuple[Any, Any]:
     if kind == "npz":
-        x, y = _read_npz(path, conf.x_key, conf.y_key)
-    elif kind in ("csv", "parquet"):
+        return _read_npz(path, conf.x_key, conf.y_key)
+    if kind in ("csv", "parquet"):
         from deepgrid.data.tabular import read_table
 
-        x, y = read_table(path, kind, conf.label_column)
-    else:  # the Conf's choice rule keeps this out: a kind added there and not here
-        raise DataError(f"dataset {kind!r} has no reader; expected one of npz, npy, csv, parquet, images, callable.")
-    return finish(x, y, n_in=n_in, n_out=n_out, binarize=conf.binarize, limit=limit, where=str(path))
+        return read_table(path, kind, conf.label_column)
+    # the Conf's choice rule keeps this out: a kind added there and not here
+    raise DataError(f"dataset {kind!r} has no reader; expected one of npz, npy, csv, parquet, images, callable.")
+
+
+def _join(parts: list[tuple[Any, Any]], files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Shards' features and labels end to end; shards whose features differ in width are one line."""
+    xs = [np.asarray(x) for x, _ in parts]
+    for x, file in zip(xs, files, strict=True):
+        if x.shape[1:] != xs[0].shape[1:]:
+            raise DataError(f"{file}: features of shape {x.shape[1:]} per example, but {files[0].name} has "
+                            f"{xs[0].shape[1:]}; every shard of a split must have the same columns.")
+    return np.concatenate(xs), np.concatenate([np.asarray(y) for _, y in parts])
 
 
 def _data_dir(conf: Conf) -> Path:
