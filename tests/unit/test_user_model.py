@@ -62,6 +62,10 @@ def make_frozen():
     return nn.ReLU()
 
 
+def make_batchnorm():
+    return nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
+
+
 class NotAModule:
     pass
 
@@ -149,6 +153,14 @@ def test_a_class_gets_n_in_n_out_and_model_args_and_is_seeded(user_module: str):
 def test_a_factory_is_called_with_model_args_only(user_module: str):
     model = build(f"{user_module}:make_mlp", model_args={"hidden": 5})
     assert model.n_params == (16 + 1) * 5 + (5 + 1) * 4
+
+
+def test_a_module_with_buffers_is_warned_of_once(user_module: str, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level("WARNING", logger="deepgrid"):
+        build(f"{user_module}:make_batchnorm")
+        build(f"{user_module}:make_batchnorm")
+    warnings = [r.getMessage() for r in caplog.records if "buffers" in r.getMessage()]
+    assert len(warnings) == 1 and "1.running_mean" in warnings[0] and "LayerNorm" in warnings[0]
 
 
 def test_saved_with_its_import_path_and_args_and_loaded_back_without_a_pickle(user_module: str, tmp_path: Path):

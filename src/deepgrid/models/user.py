@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import logging
 import os
 import site
 import sys
@@ -217,7 +218,23 @@ def build_module(name: str, target: Callable[..., Any], conf: NeuralNetConfigura
     if not any(p.requires_grad for p in module.parameters()):
         raise ConfigError(f"model {name!r}: {call} has no trainable parameters.")
     check_shapes(name, module, conf)
+    warn_of_buffers(name, module)
     return module
+
+
+_warned: set[str] = set()
+
+
+def warn_of_buffers(name: str, module: nn.Module) -> None:
+    """Workers exchange parameters only (Model.get_flat_params): a buffer such as BatchNorm's running
+    statistics stays as built in the model the master saves, which then predicts with wrong statistics."""
+    buffers = [key for key, _ in module.named_buffers()]
+    if buffers and name not in _warned:
+        _warned.add(name)
+        logging.getLogger("deepgrid").warning(
+            f"deepgrid: warning: model {name!r} has buffers ({', '.join(buffers[:3])}{', ...' if len(buffers) > 3 else ''}), "
+            "which a distributed run does not exchange (only parameters): the master's saved model keeps them as "
+            "built. Use LayerNorm or GroupNorm, or BatchNorm(track_running_stats=False).")
 
 
 def _parameter_names(target: Callable[..., Any]) -> set[str]:
