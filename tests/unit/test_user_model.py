@@ -182,7 +182,7 @@ def test_saved_with_its_import_path_and_args_and_loaded_back_without_a_pickle(us
     ("INSTANCE", {}, ("instance", "name its class")),
     ("torch", {}, ("module object",)),
     ("make_broken", {}, ("make_broken(", "raised ValueError: hidden must be even", "model_args")),
-    ("make_nothing", {}, ("returned a int", "not a torch.nn.Module")),
+    ("make_nothing", {}, ("returned a value of type int", "not a torch.nn.Module")),
     ("make_frozen", {}, ("no trainable parameters",)),
     ("SmallMLP", {"model_args": {"hiden": 3}}, ("unexpected keyword argument 'hiden'",)),
     ("make_mlp", {"n_in": 20}, ("network.n_in=20", "mat1 and mat2")),

@@ -214,7 +214,7 @@ def build_module(name: str, target: Callable[..., Any], conf: NeuralNetConfigura
         raise ConfigError(f"model {name!r}: {call} raised {type(e).__name__}: {first_line(e)} "
                           "(its arguments are model_args).") from None
     if not isinstance(module, nn.Module):
-        raise ConfigError(f"model {name!r}: {call} returned a {type(module).__name__}, not a torch.nn.Module.")
+        raise ConfigError(f"model {name!r}: {call} returned a value of type {type(module).__name__}, not a torch.nn.Module.")
     if not any(p.requires_grad for p in module.parameters()):
         raise ConfigError(f"model {name!r}: {call} has no trainable parameters.")
     check_shapes(name, module, conf)
