@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deepgrid import __version__
+from deepgrid.cloud.commands import add_cluster_commands
 from deepgrid.config.conf import DATASETS, STRATEGIES
 from deepgrid.config.dashboard_address import add_dashboard_flags, dashboard_flag
 from deepgrid.errors import ConfigError, DeepgridError, invalid
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=cmd_evaluate)
     add_report_command(sub)
     add_model_commands(sub)
+    add_cluster_commands(sub)
     add_verbosity_flags(parser, sub.choices.values())
     return parser
 
