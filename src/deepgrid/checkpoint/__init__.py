@@ -30,7 +30,8 @@ that looks like the newest; leftovers are cleared when the next writer starts.
 
 Modules: ``naming`` (names, run ids, which checkpoints are there), ``writer`` (``save_checkpoint``,
 pruning, the background ``CheckpointWriter``), ``resume`` (``load_latest_checkpoint``, the checks a
-resume makes, ``load_run_state``). A model's own files (``model.json``, ``weights.safetensors``) are
+resume makes, ``load_run_state``), ``remote`` (``checkpoint_dir: s3://...``: each checkpoint written
+locally, then uploaded with its manifest last; pruning of this run's only; resume from S3). A model's own files (``model.json``, ``weights.safetensors``) are
 deepgrid.models.files, a layer below; their names are importable from here too.
 """
 
