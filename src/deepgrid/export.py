@@ -169,18 +169,27 @@ def check_export(module: nn.Module, path: Path, fmt: str, n_in: int) -> bool:
     x = torch.rand(CHECK_ROWS, n_in, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = module(x).numpy()
-    if fmt == "torchscript":
-        with _quiet_exporter(), torch.no_grad():
-            got = torch.jit.load(str(path))(x).numpy()
-    else:
+    if fmt == "onnx":
         try:
             import onnxruntime
         except ImportError:
             logging.getLogger("deepgrid").info("deepgrid: onnxruntime is not installed: the ONNX file was not "
                                                "run to check it (pip install 'deepgrid[export]')")
             return False
-        session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    try:
+        if fmt == "torchscript":
+            with _quiet_exporter(), torch.no_grad():
+                got = torch.jit.load(str(path))(x).numpy()
+        else:
+            session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    except Exception as e:  # what the runtime says, as one line
+        # TorchScript's interpreter says what failed on its last line, onnxruntime on its first.
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        said = (lines[-1] if fmt == "torchscript" else lines[0]).strip()
+        raise ModelError(f"The exported {fmt} file fails on {CHECK_ROWS} rows after tracing with {TRACE_ROWS} "
+                         f"({said}): the model's forward fixes the batch size, e.g. with len(x); "
+                         "write it with x.shape[0] or x.reshape(-1, ...) to export it. Nothing was written.") from None
     if got.shape != expected.shape or not np.allclose(got, expected, atol=TOLERANCE, rtol=0):
         difference = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
         raise ModelError(f"The exported {fmt} file does not compute the model's probabilities (shape "

@@ -256,6 +256,43 @@ def test_a_users_torch_module_exports_from_python_not_from_its_files(capsys, tmp
                                    torch.softmax(model.forward(x), dim=1).numpy(), atol=1e-6)
 
 
+USER_NET = """\
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, n_in, n_out):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(n_in, 8), nn.ReLU(), nn.Linear(8, n_out))
+
+    def forward(self, x):
+        return self.body(x.{flatten})
+"""
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_users_module_by_name_exports_when_its_batch_size_is_free(mlp_run, capsys, tmp_path) -> None:
+    """`model: module:Class` is rebuilt from model.json; a forward that fixes the batch size (len(x)
+    in a view) is caught by running the exported file on another batch size: one line, no file."""
+    conf = yaml.safe_load((mlp_run["dir"] / "model.json").read_text())["conf"]
+    for name, flatten, exports in (("free_batch_net", "reshape(x.shape[0], -1)", True),
+                                   ("fixed_batch_net", "view(len(x), -1)", False)):
+        (tmp_path / f"{name}.py").write_text(USER_NET.format(flatten=flatten))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**conf, "model": f"{name}:Net", "epochs": 1}))
+        run_cli(capsys, "train", f"{name}.yaml", "--single-process", "-o", name)
+        out, _ = run_cli(capsys, "predict", name, str(mlp_run["data"] / "test.csv"))
+        predicted = probabilities_of(read_csv_output(out)[1], N_CLASSES)
+        np.testing.assert_allclose(predicted, forward_probabilities(Path(name), mlp_run["x"]), atol=1e-7)
+        for fmt in ("onnx", "torchscript"):
+            code = main(["export", name, "--format", fmt])
+            err = capsys.readouterr().err
+            if exports:
+                assert code == 0, err
+            else:
+                assert_user_error(code, err, "fixes the batch size", "len(x)")
+                assert {p.name for p in Path(name).glob("model.*")} == {"model.json"}  # no .onnx, no .pt
+
+
 def test_bad_inputs_are_one_line(mlp_run, capsys, tmp_path) -> None:
     data = mlp_run["data"]
     (tmp_path / "short.csv").write_text("a,b,c\n1,2,3\n")
