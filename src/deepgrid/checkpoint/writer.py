@@ -226,7 +226,8 @@ class CheckpointWriter:
         url, seconds = self.remote.publish(written, self.keep)
         self.upload_seconds.append(seconds)
         size = sum(p.stat().st_size for p in written.iterdir() if p.is_file())
-        log.info("checkpoint uploaded to %s in %.3f s (%.1f MB)", url, seconds, size / 1e6)
+        amount = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+        log.info("checkpoint uploaded to %s in %.3f s (%s)", url, seconds, amount)
 
 
 def _discard(path: Path) -> None:
