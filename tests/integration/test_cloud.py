@@ -264,6 +264,31 @@ def test_mistakes_are_one_line(aws: MotoServer, tmp_path: Path, capsys: pytest.C
     assert_user_error(code, err, "No AWS credentials found")
 
 
+def test_a_failed_up_says_how_to_clean_up(aws: MotoServer, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A subnet that does not exist fails `up` after the token and the role were made."""
+    conf = write_conf(aws, tmp_path, subnet_id="subnet-0123abcd")
+    code, _, err = run(capsys, "cluster", "up", str(conf))
+    assert_user_error(code, err, "subnet-0123abcd", "deepgrid cluster down CONF")
+    assert everything(aws)["parameters"] == ["/deepgrid/fmnist-aws/ray-token"]
+    assert run_json(capsys, "cluster", "down", str(conf))["parameters"] == ["/deepgrid/fmnist-aws/ray-token"]
+    after = everything(aws)
+    assert after["parameters"] == after["roles"] == after["profiles"] == []
+    assert all(g["GroupName"] != "deepgrid-fmnist-aws"
+               for g in aws.client("ec2").describe_security_groups()["SecurityGroups"])
+
+
+def test_a_bad_cloud_section_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    for change, fragment in (({"imge": "ami-0123abcd"}, "Did you mean `image`?"),
+                             ({"workers": 0}, "cloud.workers"), ({"allowed_cidr": "me"}, "cloud.allowed_cidr"),
+                             ({"cluster_name": "a b"}, "cloud.cluster_name")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**data, "cloud": {**data["cloud"], **change}}))
+        code, _, err = run(capsys, "cluster", "plan", str(path))
+        assert_user_error(code, err, fragment)
+
+
 def test_the_docs_steps_give_what_the_tests_assert(aws: MotoServer, tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """docs/aws.md's `deepgrid cluster` steps, in order, on the example (moto's AMI and region)."""

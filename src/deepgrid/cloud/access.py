@@ -17,7 +17,7 @@ from deepgrid.cloud.plan import SELF, Plan
 from deepgrid.cloud.spec import TAG_CLUSTER, ClusterSpec
 from deepgrid.errors import ClusterError, ConfigError
 
-TOKEN_BYTES = 32
+TOKEN_BYTES = 32  # as Ray makes its own (secrets.token_hex(32)): 256 bits
 
 
 def is_ours(tags: list[dict[str, str]] | None, spec: ClusterSpec) -> bool:
@@ -32,7 +32,7 @@ def ensure_token(aws: Aws, spec: ClusterSpec) -> bool:
     with aws_errors("store the cluster's Ray token in SSM"):
         try:
             aws.ssm.put_parameter(Name=spec.token_parameter, Type="SecureString", Tags=spec.tags,
-                                  Value=secrets.token_urlsafe(TOKEN_BYTES),
+                                  Value=secrets.token_hex(TOKEN_BYTES),
                                   Description=f"deepgrid cluster {spec.name}: the Ray token")
             return True
         except bx.ClientError as e:

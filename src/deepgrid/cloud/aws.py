@@ -79,6 +79,8 @@ def aws_errors(action: str) -> Iterator[None]:
         raise ConfigError(f"No usable AWS credentials to {action} ({e}): {HOW_TO_GIVE_CREDENTIALS}.") from None
     except bx.ProfileNotFound as e:
         raise ConfigError(f"{e}; set AWS_PROFILE to a profile in ~/.aws/config, or unset it.") from None
+    except bx.WaiterError as e:
+        raise ClusterError(f"Gave up waiting to {action}: {e}. Run the command again to go on.") from None
     except bx.EndpointConnectionError as e:
         raise ClusterError(f"Could not reach AWS to {action}: {e}. Check the network and cloud.region.") from None
     except bx.ClientError as e:

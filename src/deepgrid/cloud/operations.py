@@ -20,9 +20,9 @@ from deepgrid.cloud import access
 from deepgrid.cloud.aws import Aws
 from deepgrid.cloud.instances import cluster_instances, describe_instance, launch, terminate
 from deepgrid.cloud.plan import build_plan, plan_summary
-from deepgrid.cloud.spec import ClusterSpec
+from deepgrid.cloud.spec import TAG_CLUSTER, ClusterSpec
 from deepgrid.cloud.userdata import worker_script
-from deepgrid.errors import ClusterError, ConfigError
+from deepgrid.errors import ClusterError, ConfigError, DeepgridError
 
 PROGRESS_TIMEOUT_S = 3.0
 DASHBOARD_TOKEN_ENV = "DEEPGRID_DASHBOARD_TOKEN"  # as `deepgrid status` reads it (deepgrid.dashboard.client)
@@ -39,14 +39,18 @@ def up(aws: Aws, spec: ClusterSpec, say: Say) -> dict[str, Any]:
                            f"status`, grow it with `add-workers`, or take it down with `deepgrid cluster down` first.")
     access.check_exists(aws, spec)
     say(f"deepgrid: credentials from {source}; starting cluster {spec.name!r} in {spec.region}")
-    access.ensure_token(aws, spec)
-    access.ensure_role(aws, spec)
-    group_id = access.ensure_security_group(aws, plan)
-    say(f"deepgrid: security group {group_id}; Ray token in SSM {spec.token_parameter}; role {spec.role_name}")
-    master = launch(aws, spec, "master", 1, plan.master_script, group_id)[0]
-    master_ip = master["PrivateIpAddress"]
-    say(f"deepgrid: master {master['InstanceId']} ({spec.cloud.master_instance_type}) at {master_ip}")
-    workers = launch(aws, spec, "worker", spec.cloud.workers, worker_script(spec, master_ip), group_id)
+    try:
+        access.ensure_token(aws, spec)
+        access.ensure_role(aws, spec)
+        group_id = access.ensure_security_group(aws, plan)
+        say(f"deepgrid: security group {group_id}; Ray token in SSM {spec.token_parameter}; role {spec.role_name}")
+        master = launch(aws, spec, "master", 1, plan.master_script, group_id)[0]
+        master_ip = master["PrivateIpAddress"]
+        say(f"deepgrid: master {master['InstanceId']} ({spec.cloud.master_instance_type}) at {master_ip}")
+        workers = launch(aws, spec, "worker", spec.cloud.workers, worker_script(spec, master_ip), group_id)
+    except DeepgridError as e:  # still one line, saying how to clean up what was made
+        raise type(e)(f"{e} What `up` created so far is tagged {TAG_CLUSTER}={spec.name}: "
+                      "`deepgrid cluster down CONF` removes it.") from None
     say(f"deepgrid: {len(workers)} workers ({spec.cloud.worker_instance_type}"
         f"{', spot' if spec.cloud.spot else ''}): {', '.join(w['InstanceId'] for w in workers)}")
     say("deepgrid: the hosts set themselves up (a few minutes); follow with: deepgrid cluster status CONF")

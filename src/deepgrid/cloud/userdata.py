@@ -7,7 +7,8 @@ role) into /root/.ray/auth_token (mode 0600 from the start), and starts one syst
 
 - master: Redis (state, loopback only) and ZooKeeper (the registry the workers look the job up
   in) as Debian starts them, then ``deepgrid master`` on the host's private address, the dashboard
-  on every interface (the security group decides who reaches it);
+  on every interface (the security group decides who reaches it); it trains once ``workers`` worker
+  actors are present (each host brings one per core), and later ones join from the next round;
 - worker: ``deepgrid worker --registry zk://MASTER:2181/deepgrid --job NAME``, restarted every 10 s
   until the master has registered the job (a worker may boot before its master).
 
