@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -110,9 +111,13 @@ def test_the_example_loads_and_plans() -> None:
     from deepgrid.cloud.plan import build_plan, format_plan
     from deepgrid.cloud.spec import cluster_spec
 
-    text = format_plan(build_plan(cluster_spec(conf)))
+    plan = build_plan(cluster_spec(conf))
+    text = format_plan(plan)
     assert "deepgrid worker --registry zk://MASTER_PRIVATE_IP:2181/deepgrid --job fmnist-aws" in text
     assert "Cost: $" in text and "/h on demand" in text
+    for script in (plan.master_script, plan.worker_script):  # both parse as bash
+        checked = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True, check=False)
+        assert checked.returncode == 0, checked.stderr
 
 
 def test_plan_creates_nothing(aws: MotoServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
