@@ -1,24 +1,37 @@
-"""deepgrid's RBM against scikit-learn's BernoulliRBM, side by side in one run.
+"""deepgrid's RBM and layer-wise pretraining against their matrix-product bound and scikit-learn, in one run.
 
-Both train an RBM 784 -> 256 (binary units, one Gibbs step, batch 64, the same
-number of passes) on the same Fashion-MNIST training images scaled to [0, 1],
-with the same number of threads. Then the same classifier, scikit-learn's
-``LogisticRegression``, is fitted on each RBM's hidden features and scored on
-the held-out test set: scikit-learn's ``Pipeline([BernoulliRBM,
-LogisticRegression])``, done twice with only the RBM swapped. deepgrid's own
-``rbm`` model (a softmax layer trained on the frozen features) is reported too.
+Speed (interleaved rounds, medians). Each round times, one after the other, for about ``--seconds``
+each, on the same Fashion-MNIST training images in [0, 1], batch 64, ``--threads`` threads:
 
-scikit-learn runs on float32 input (its faster path; it keeps the input's
-dtype) and, for reference, on float64 (what ``X / 255.0`` gives it).
-Samples/s counts only RBM training (examples x passes / seconds), each the best
-of ``--repeats`` alternating runs, to damp noise from other work on the machine.
+* rbm 784 -> 256, CD-1, float32: deepgrid's ``rbm`` model (``train_step`` of its pretraining
+  phase, the inner loop of every path), scikit-learn's ``BernoulliRBM`` (float32 input, its faster
+  path), and the **bound**: the bare matrix products of exactly that step (up, down, up, and the
+  weight gradient as one (256 x 128) x (128 x 784) product) on preallocated tensors, nothing else:
+  no sigmoid, no sampling, no update. deepgrid / bound is the share of the step spent in products;
+* the same step in bf16 (``precision: bf16``) and its bound in bf16;
+* dbn 784-500-250-100, each layer's pretraining step (the input passes up through the fixed layers
+  below, as ``pretrain:i`` does), its bound (those forward products + the layer's CD-1 products),
+  and all three layers together (one pass over the data for each, as ``pretrain_epochs: 1``);
+* sda, one denoising-autoencoder layer 784 -> 500 (autograd), and its bound: the two forward
+  products and the three of the backward pass.
 
-    python bench/bench_rbm.py              # full data, 5 passes
-    python bench/bench_rbm.py --quick      # 10,000 examples, 2 passes: a smoke run
+Rounds alternate the contenders, so the machine's load (others share the 2 cores) falls on all of
+them alike; the load average and the CPU other processes used in each round are printed. The lock
+/tmp/deepgrid-bench.lock is held while a round times (other sessions' tests wait for it), let go
+between rounds.
 
-Targets: deepgrid samples/s >= 5 x scikit-learn's; deepgrid features +
-logistic regression at least as accurate as scikit-learn's pipeline.
-Prints a table, then one JSON line with every figure (the last line of stdout).
+Accuracy (after the timing, not timed): an RBM of each kind trained ``--epochs`` passes, its
+features fed to the same ``LogisticRegression`` (scikit-learn's ``Pipeline([BernoulliRBM,
+LogisticRegression])`` with the RBM swapped), float32 and bf16; and the DBN as examples/dbn.yaml
+(pretraining 1 pass per layer, fine-tuning with Adam for ``--dbn-epochs``), float32 and bf16.
+
+    python bench/bench_rbm.py                  # about 8 minutes on 2 cores
+    python bench/bench_rbm.py --quick          # 10,000 examples, 2 short rounds, small accuracy runs
+    python bench/bench_rbm.py --no-accuracy    # the speed part only
+
+Targets (issue 13): rbm and dbn (all layers) >= 0.8 x their bound; rbm features + logistic
+regression >= 0.857; the DBN >= 0.88 in float32 and bf16. Prints tables, then one JSON line with
+every figure (the last line of stdout).
 """
 
 from __future__ import annotations
@@ -27,132 +40,317 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from common import BenchLock, ForeignCpu  # type: ignore[import-not-found]
 
 from deepgrid import NeuralNetConfiguration
+from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.mnist import load_mnist
+from deepgrid.models.autoencoder import StackedDenoisingAutoencoder
+from deepgrid.models.cd import native_bf16_cpu
+from deepgrid.models.dbn import DBN
 from deepgrid.models.rbm import RBM
 from deepgrid.train.loop import fit
 
-N_HIDDEN = 256
 BATCH = 64
-SPEED_TARGET = 5.0
+RBM_HIDDEN = 256
+DBN_SIZES = (500, 250, 100)
+SDA_HIDDEN = 500
+LR = 0.05
+CHUNK = 50  # batches per train_step call while timing: a worker's job is of this order
+BOUND_TARGET = 0.8
+RBM_ACCURACY_TARGET = 0.857
+DBN_ACCURACY_TARGET = 0.88
 
 
-def sklearn_rbm(x: np.ndarray, epochs: int, lr: float, seed: int) -> tuple[Any, float]:
+# -- the bounds: the step's matrix products alone, on preallocated tensors ----------------------------
+
+
+def cd_products(n_visible: int, n_hidden: int, dtype: torch.dtype, below: tuple[int, ...] = ()) -> Callable[[torch.Tensor], None]:
+    """One CD-1 step's products for an RBM n_visible -> n_hidden, after the forward products through
+    the layers ``below`` (sizes from the input up to n_visible): a function of the batch."""
+    torch.manual_seed(0)
+    sizes = (*below, n_visible)
+    lower = [(torch.randn(b, a, dtype=dtype) * 0.01, torch.zeros(b, dtype=dtype), torch.empty(BATCH, b, dtype=dtype))
+             for a, b in zip(sizes, sizes[1:], strict=False)]
+    w = torch.randn(n_hidden, n_visible, dtype=dtype) * 0.01
+    bh, bv = torch.zeros(n_hidden, dtype=dtype), torch.zeros(n_visible, dtype=dtype)
+    hiddens, visibles = torch.zeros(2 * BATCH, n_hidden, dtype=dtype), torch.zeros(2 * BATCH, n_visible, dtype=dtype)
+    h_neg, h_pos, v_neg = hiddens[:BATCH], hiddens[BATCH:], visibles[:BATCH]
+    grad, wt = torch.empty(n_hidden, n_visible, dtype=dtype), w.t()
+    lower_t = [(lw.t(), lb, out) for lw, lb, out in lower]
+
+    def step(x: torch.Tensor) -> None:
+        h = x
+        for lwt, lb, out in lower_t:
+            h = torch.addmm(lb, h, lwt, out=out)
+        # v_pos stands for the step's input in the gradient's product: filling it is a copy, not a product.
+        torch.addmm(bh, h, wt, out=h_pos)  # up
+        torch.addmm(bv, h_pos, w, out=v_neg)  # down
+        torch.addmm(bh, v_neg, wt, out=h_neg)  # up
+        torch.mm(hiddens.t(), visibles, out=grad)  # the weight gradient, both phases in one product
+
+    return step
+
+
+def sda_products(n_visible: int, n_hidden: int) -> Callable[[torch.Tensor], None]:
+    """One denoising-autoencoder step's products (tied weights): encode, decode, and the backward
+    pass's three (decoder weight gradient, gradient to the code, encoder weight gradient)."""
+    torch.manual_seed(0)
+    w, bh, bv = torch.randn(n_hidden, n_visible) * 0.01, torch.zeros(n_hidden), torch.zeros(n_visible)
+    h, out = torch.empty(BATCH, n_hidden), torch.empty(BATCH, n_visible)
+    g_dec, g_enc, dh = torch.empty(n_hidden, n_visible), torch.empty(n_hidden, n_visible), torch.empty(BATCH, n_hidden)
+    wt = w.t()
+
+    def step(x: torch.Tensor) -> None:
+        torch.addmm(bh, x, wt, out=h)
+        torch.addmm(bv, h, w, out=out)
+        torch.mm(h.t(), out, out=g_dec)
+        torch.mm(out, wt, out=dh)
+        torch.mm(dh.t(), x, out=g_enc)
+
+    return step
+
+
+# -- the contenders: each a function of a chunk of batches ---------------------------------------------
+
+
+def bound_runner(product: Callable[[torch.Tensor], None], dtype: torch.dtype) -> Callable[[list[Any]], None]:
+    cast: dict[int, torch.Tensor] = {}  # the input in ``dtype``, made once: a cast is no product
+
+    def run(chunk: list[Any]) -> None:
+        for x, _ in chunk:
+            if x.dtype != dtype:
+                x = cast.get(id(x)) if id(x) in cast else cast.setdefault(id(x), x.to(dtype))
+            product(x)
+
+    return run
+
+
+def model_runner(model: Any, phase: str) -> Callable[[list[Any]], None]:
+    return lambda chunk: model.train_step(phase, chunk)
+
+
+def sklearn_runner(lr: float) -> Callable[[list[Any]], None]:
     from sklearn.neural_network import BernoulliRBM
 
-    rbm = BernoulliRBM(n_components=N_HIDDEN, batch_size=BATCH, learning_rate=lr, n_iter=epochs,
-                       random_state=seed, verbose=False)
-    start = time.perf_counter()
-    rbm.fit(x)
-    return rbm, time.perf_counter() - start
+    def run(chunk: list[Any]) -> None:
+        x = torch.cat([b[0] for b in chunk]).numpy()
+        BernoulliRBM(n_components=RBM_HIDDEN, batch_size=BATCH, learning_rate=lr, n_iter=1, random_state=0).fit(x)
+
+    return run
 
 
-def deepgrid_rbm(x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int) -> tuple[RBM, float]:
-    """Pretrain deepgrid's ``rbm`` model through the reference loop; time the pretraining phase only."""
-    from deepgrid.data.dataset import ArrayDataset
-
-    conf = NeuralNetConfiguration(n_in=784, n_out=10, hidden_layer_sizes=(N_HIDDEN,), k=1, pretrain_epochs=epochs,
-                                  pretrain_lr=lr, momentum=0.5, optimizer="adam", finetune_lr=1e-3,
-                                  finetune_epochs=10, seed=seed)
-    model = RBM(conf)
-    pretrain_done: list[float] = []
-
-    def on_epoch(phase: Any, epoch: int, loss: float) -> None:
-        if phase.name.startswith("pretrain") and epoch == phase.epochs - 1:
-            pretrain_done.append(time.perf_counter())
-
-    start = time.perf_counter()
-    # Fine-tuning (the softmax on frozen features) follows; it is not timed.
-    fit(model, ArrayDataset(x, y), batch_size=BATCH, on_epoch=on_epoch)
-    return model, pretrain_done[0] - start
+def network(**fields: Any) -> NeuralNetConfiguration:
+    settings: dict[str, Any] = dict(n_in=784, n_out=10, k=1, pretrain_lr=LR, momentum=0.5, pretrain_epochs=1)
+    return NeuralNetConfiguration(**{**settings, **fields})
 
 
-def logistic_accuracy(train_features: np.ndarray, y_train: np.ndarray, test_features: np.ndarray,
-                      y_test: np.ndarray) -> float:
+def contenders(bf16: bool, lr: float) -> dict[str, Callable[[list[Any]], None]]:
+    """Name -> runner, in the order each round times them."""
+    f32, b16 = torch.float32, torch.bfloat16
+    out: dict[str, Callable[[list[Any]], None]] = {
+        "rbm bound": bound_runner(cd_products(784, RBM_HIDDEN, f32), f32),
+        "rbm deepgrid": model_runner(RBM(network(hidden_layer_sizes=(RBM_HIDDEN,), pretrain_lr=lr)), "pretrain:0"),
+        "rbm scikit-learn": sklearn_runner(lr),
+    }
+    if bf16:
+        out["rbm bound bf16"] = bound_runner(cd_products(784, RBM_HIDDEN, b16), b16)
+        out["rbm deepgrid bf16"] = model_runner(RBM(network(hidden_layer_sizes=(RBM_HIDDEN,), precision="bf16")),
+                                                "pretrain:0")
+    dbns = {"": DBN(network(hidden_layer_sizes=DBN_SIZES))}
+    if bf16:
+        dbns[" bf16"] = DBN(network(hidden_layer_sizes=DBN_SIZES, precision="bf16"))
+    sizes = (784, *DBN_SIZES)
+    for i in range(len(DBN_SIZES)):
+        out[f"dbn:{i} bound"] = bound_runner(cd_products(sizes[i], sizes[i + 1], f32, sizes[:i]), f32)
+        for suffix, model in dbns.items():
+            out[f"dbn:{i} deepgrid{suffix}"] = model_runner(model, f"pretrain:{i}")
+    out["sda bound"] = bound_runner(sda_products(784, SDA_HIDDEN), f32)
+    sda = StackedDenoisingAutoencoder(network(hidden_layer_sizes=(SDA_HIDDEN,), pretrain_lr=0.01))
+    out["sda deepgrid"] = model_runner(sda, "pretrain:0")
+    return out
+
+
+def time_runner(run: Callable[[list[Any]], None], chunks: list[list[Any]], seconds: float) -> float:
+    """Samples/s of ``run`` over chunks (cycling) for about ``seconds`` (at least one chunk)."""
+    run(chunks[0][:2])  # warm: first calls make optimizers and buffers
+    samples, start, i = 0, time.perf_counter(), 0
+    while True:
+        chunk = chunks[i % len(chunks)]
+        run(chunk)
+        samples += sum(len(b[0]) for b in chunk)
+        i += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return samples / elapsed
+
+
+def load() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def speed(chunks: list[list[Any]], rounds: int, seconds: float, bf16: bool, lr: float) -> dict[str, Any]:
+    runners = contenders(bf16, lr)
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    loads, foreign = [], []
+    lock = BenchLock("bench_rbm.py")
+    watch = ForeignCpu()
+    watch.start()
+    try:
+        for r in range(rounds):
+            lock.before_contender()
+            before_load, before_cpu, started = load(), watch.read(), time.perf_counter()
+            for name, run in runners.items():
+                rates[name].append(time_runner(run, chunks, seconds))
+            others = (watch.read() - before_cpu) / (time.perf_counter() - started)
+            lock.release()  # between rounds: a waiting test run gets its turn
+            loads.append(max(before_load, load()))
+            foreign.append(others)
+            print(f"  round {r + 1}/{rounds}: load average {loads[-1]:.2f}, other processes used {others:.2f} "
+                  f"CPU; rbm deepgrid {rates['rbm deepgrid'][-1]:,.0f}/s, bound {rates['rbm bound'][-1]:,.0f}/s",
+                  flush=True)
+    finally:
+        lock.release()
+        watch.stop()
+    medians = {name: statistics.median(v) for name, v in rates.items()}
+    return {"rates": rates, "medians": medians, "load": loads, "others_cpu": foreign}
+
+
+def total_rate(medians: dict[str, float], suffix: str) -> float:
+    """Samples/s of pretraining all DBN layers one pass each: the per-layer times add up."""
+    return 1.0 / sum(1.0 / medians[f"dbn:{i} {suffix}"] for i in range(len(DBN_SIZES)))
+
+
+# -- accuracy -----------------------------------------------------------------------------------------
+
+
+def logistic_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
     from sklearn.linear_model import LogisticRegression
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # lbfgs's ConvergenceWarning at max_iter: the same cap for both
+        warnings.simplefilter("ignore")  # lbfgs's ConvergenceWarning at max_iter: the same cap for all
         clf = LogisticRegression(max_iter=300, C=1.0)
-        clf.fit(train_features, y_train)
-    return float((clf.predict(test_features) == y_test).mean())
+        clf.fit(train_x, train_y)
+    return float((clf.predict(test_x) == test_y).mean())
+
+
+def accuracy(train: Any, test: Any, epochs: int, dbn_epochs: int, bf16: bool, lr: float) -> dict[str, Any]:
+    from sklearn.neural_network import BernoulliRBM
+
+    out: dict[str, Any] = {}
+    y, ty = train.y.numpy(), test.y.numpy()
+    sk = BernoulliRBM(n_components=RBM_HIDDEN, batch_size=BATCH, learning_rate=lr, n_iter=epochs, random_state=0)
+    sk.fit(train.x.numpy())
+    out["rbm scikit-learn"] = logistic_accuracy(sk.transform(train.x.numpy()), y, sk.transform(test.x.numpy()), ty)
+    print(f"  rbm scikit-learn + logistic regression: {out['rbm scikit-learn']:.4f}", flush=True)
+    for precision in ("float32", "bf16") if bf16 else ("float32",):
+        model = RBM(network(hidden_layer_sizes=(RBM_HIDDEN,), pretrain_epochs=epochs, pretrain_lr=lr,
+                            precision=precision))
+        start = time.perf_counter()
+        fit(model, ArrayDataset(train.x, train.y), batch_size=BATCH, epochs=1)  # the pretraining + 1 softmax pass
+        seconds = time.perf_counter() - start
+        out[f"rbm {precision}"] = logistic_accuracy(model.transform(train.x), y, model.transform(test.x), ty)
+        print(f"  rbm deepgrid {precision} + logistic regression: {out[f'rbm {precision}']:.4f} "
+              f"({seconds:.1f} s to train)", flush=True)
+    for precision in ("float32", "bf16") if bf16 else ("float32",):
+        # examples/dbn.yaml: 784-500-250-100, CD-1, 1 pretraining pass per layer, Adam fine-tuning.
+        model = DBN(network(hidden_layer_sizes=DBN_SIZES, optimizer="adam", finetune_lr=0.001,
+                            finetune_epochs=dbn_epochs, precision=precision))
+        start = time.perf_counter()
+        fit(model, ArrayDataset(train.x, train.y), batch_size=BATCH)
+        seconds = time.perf_counter() - start
+        out[f"dbn {precision}"] = model.score(test.x, test.y)
+        out[f"dbn {precision} seconds"] = seconds
+        print(f"  dbn deepgrid {precision}: test accuracy {out[f'dbn {precision}']:.4f} ({seconds:.1f} s to train)",
+              flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=5, help="passes over the training data (default 5)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each, best counts (default 2)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both (default: cores)")
-    parser.add_argument("--lr", type=float, default=0.05, help="learning rate for both RBMs (default 0.05)")
-    parser.add_argument("--quick", action="store_true", help="10,000 training examples, 2 passes")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per contender per round (default 2)")
+    parser.add_argument("--epochs", type=int, default=5, help="RBM passes for the accuracy part (default 5)")
+    parser.add_argument("--dbn-epochs", type=int, default=20, help="DBN fine-tuning passes (default 20)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every contender (default 2)")
+    parser.add_argument("--lr", type=float, default=LR, help="RBM learning rate (default 0.05)")
+    parser.add_argument("--quick", action="store_true", help="10,000 examples, 2 rounds of 1 s, small accuracy runs")
+    parser.add_argument("--no-accuracy", action="store_true", help="the speed part only")
+    parser.add_argument("--no-bf16", action="store_true", help="float32 only")
     parser.add_argument("--data-dir", help="Fashion-MNIST directory (default: found as deepgrid finds it)")
     args = parser.parse_args(argv)
-    epochs = 2 if args.quick else args.epochs
-    limit = 10_000 if args.quick else None
+    if args.quick:
+        args.rounds, args.seconds, args.epochs, args.dbn_epochs = 2, 1.0, 1, 2
+    bf16 = not args.no_bf16 and native_bf16_cpu()
 
     torch.set_num_threads(args.threads)
     from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
     threadpool_limits(args.threads)  # numpy's BLAS, for scikit-learn: the same threads as torch
-    train = load_mnist("fashion-mnist", "train", args.data_dir, limit=limit)
+    train = load_mnist("fashion-mnist", "train", args.data_dir, limit=10_000 if args.quick else None)
     test = load_mnist("fashion-mnist", "test", args.data_dir)
-    # float32 for both: scikit-learn keeps the input's dtype, and float32 is its faster path.
-    x_np, x_test_np = train.x.numpy(), test.x.numpy()
-    y_np, y_test_np = train.y.numpy(), test.y.numpy()
-    print(f"RBM 784 -> {N_HIDDEN}, batch {BATCH}, {epochs} passes over {len(train):,} examples, "
-          f"{args.threads} thread(s), lr {args.lr}; best of {args.repeats}", flush=True)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    batches = [(train.x[idx], train.y[idx]) for idx in order[: len(order) // BATCH * BATCH].view(-1, BATCH)]
+    chunks = [batches[i : i + CHUNK] for i in range(0, len(batches) - CHUNK + 1, CHUNK)]
+    print(f"batch {BATCH}, {args.threads} thread(s), torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16: {native_bf16_cpu()}); {args.rounds} rounds of {args.seconds:.0f} s per contender, "
+          f"{os.cpu_count()} cores, load average {load():.2f}", flush=True)
 
-    sk_seconds, sk64_seconds, dg_seconds = [], [], []
-    sk_model = dg_model = None
-    for repeat in range(args.repeats):
-        sk_model, seconds = sklearn_rbm(x_np, epochs, args.lr, seed=repeat)
-        sk_seconds.append(seconds)
-        print(f"  scikit-learn BernoulliRBM run {repeat + 1}: {seconds:.1f} s", flush=True)
-        # float64, as scikit-learn runs when given ``X / 255.0``: reported, but the target
-        # is against float32, scikit-learn's faster path.
-        _, seconds = sklearn_rbm(x_np.astype(np.float64), epochs, args.lr, seed=repeat)
-        sk64_seconds.append(seconds)
-        print(f"  scikit-learn BernoulliRBM (float64) run {repeat + 1}: {seconds:.1f} s", flush=True)
-        dg_model, seconds = deepgrid_rbm(train.x, train.y, epochs, args.lr, seed=123 + repeat)
-        dg_seconds.append(seconds)
-        print(f"  deepgrid rbm run {repeat + 1}: {seconds:.1f} s", flush=True)
-    assert sk_model is not None and dg_model is not None
-
-    samples = len(train) * epochs
-    sk_rate, dg_rate = samples / min(sk_seconds), samples / min(dg_seconds)
-    sk64_rate = samples / min(sk64_seconds)
-    sk_accuracy = logistic_accuracy(sk_model.transform(x_np), y_np, sk_model.transform(x_test_np), y_test_np)
-    dg_accuracy = logistic_accuracy(dg_model.transform(train.x), y_np, dg_model.transform(test.x), y_test_np)
-    dg_softmax = dg_model.score(test.x, test.y)
-
+    timed = speed(chunks, args.rounds, args.seconds, bf16, args.lr)
+    m = timed["medians"]  # name -> median samples/s; the dbn totals are added below
+    ratios = {"rbm": m["rbm deepgrid"] / m["rbm bound"],
+              "dbn": total_rate(m, "deepgrid") / total_rate(m, "bound"),
+              "sda": m["sda deepgrid"] / m["sda bound"]}
+    ratios.update({f"dbn:{i}": m[f"dbn:{i} deepgrid"] / m[f"dbn:{i} bound"] for i in range(len(DBN_SIZES))})
     print()
-    print(f"{'contender':<34} {'samples/s':>11} {'test acc (+ logistic regression)':>33}")
-    print(f"{'scikit-learn BernoulliRBM':<34} {sk_rate:>11,.0f} {sk_accuracy:>33.4f}")
-    print(f"{'scikit-learn BernoulliRBM, float64':<34} {sk64_rate:>11,.0f} {'(same model)':>33}")
-    print(f"{'deepgrid rbm':<34} {dg_rate:>11,.0f} {dg_accuracy:>33.4f}")
-    print(f"{'deepgrid rbm, its own softmax':<34} {'':>11} {dg_softmax:>33.4f}")
-    speedup = dg_rate / sk_rate
-    print(f"speed: deepgrid / scikit-learn = {speedup:.2f}x (target >= {SPEED_TARGET}: "
-          f"{'PASS' if speedup >= SPEED_TARGET else 'MISS'}); / scikit-learn float64 = {dg_rate / sk64_rate:.2f}x")
-    print(f"accuracy: deepgrid {dg_accuracy:.4f} vs scikit-learn {sk_accuracy:.4f} "
-          f"({'PASS' if dg_accuracy >= sk_accuracy else 'MISS'}: at least as accurate)")
+    print(f"{'step (median samples/s)':<26} {'deepgrid':>10} {'bound':>10} {'deepgrid/bound':>15} {'bf16':>10} "
+          f"{'bf16 bound':>11} {'bf16/float32':>13}")
+    names = [("rbm 784-256 CD-1", "rbm")] + [(f"dbn layer {i} ({(784, *DBN_SIZES)[i]}-{DBN_SIZES[i]})", f"dbn:{i}")
+                                              for i in range(len(DBN_SIZES))]
+    if bf16:
+        m["dbn deepgrid bf16"] = total_rate(m, "deepgrid bf16")
+    m["dbn deepgrid"], m["dbn bound"] = total_rate(m, "deepgrid"), total_rate(m, "bound")
+    names += [("dbn all layers", "dbn"), (f"sda layer 784-{SDA_HIDDEN}", "sda")]
+    for label, key in names:
+        ours, b16, b16_bound = m[f"{key} deepgrid"], m.get(f"{key} deepgrid bf16"), m.get(f"{key} bound bf16")
+        print(f"{label:<26} {ours:>10,.0f} {m[f'{key} bound']:>10,.0f} {ratios[key]:>15.2f} "
+              + (f"{b16:>10,.0f}" if b16 else " " * 10) + " " + (f"{b16_bound:>11,.0f}" if b16_bound else " " * 11)
+              + " " + (f"{b16 / ours:>12.2f}x" if b16 else ""))
+    print(f"{'rbm scikit-learn':<26} {m['rbm scikit-learn']:>10,.0f}    (deepgrid / scikit-learn = "
+          f"{m['rbm deepgrid'] / m['rbm scikit-learn']:.2f}x)")
+    print(f"load average per round {timed['load']}, other processes' CPU per round "
+          f"{[round(c, 2) for c in timed['others_cpu']]}")
+    verdict = {k: ratios[k] >= BOUND_TARGET for k in ("rbm", "dbn")}
+    print(f"targets: rbm {ratios['rbm']:.2f} x bound ({'PASS' if verdict['rbm'] else 'MISS'} >= {BOUND_TARGET}), "
+          f"dbn all layers {ratios['dbn']:.2f} x bound ({'PASS' if verdict['dbn'] else 'MISS'} >= {BOUND_TARGET})")
+
+    acc: dict[str, Any] = {}
+    if not args.no_accuracy:
+        print(f"\naccuracy ({len(train):,} training examples, RBM {args.epochs} passes, DBN {args.dbn_epochs} "
+              "fine-tuning passes; not timed against the others)", flush=True)
+        acc = accuracy(train, test, args.epochs, args.dbn_epochs, bf16, args.lr)
+        checks = {"rbm float32": RBM_ACCURACY_TARGET, "dbn float32": DBN_ACCURACY_TARGET, "dbn bf16": DBN_ACCURACY_TARGET}
+        print("accuracy targets: " + ", ".join(f"{k} {acc[k]:.4f} ({'PASS' if acc[k] >= t else 'MISS'} >= {t})"
+                                               for k, t in checks.items() if k in acc))
+        if "rbm bf16" in acc:
+            print(f"bf16 - float32: rbm features {acc['rbm bf16'] - acc['rbm float32']:+.4f}, "
+                  f"dbn {acc['dbn bf16'] - acc['dbn float32']:+.4f}")
     print(json.dumps({
-        "bench": "rbm", "python": platform.python_version(), "torch": torch.__version__,
-        "threads": args.threads, "epochs": epochs, "train_examples": len(train), "test_examples": len(test),
-        "lr": args.lr, "sklearn_seconds": sk_seconds, "deepgrid_seconds": dg_seconds,
-        "sklearn_samples_per_s": round(sk_rate, 1),
-        "sklearn_float64_seconds": sk64_seconds, "sklearn_float64_samples_per_s": round(sk64_rate, 1), "deepgrid_samples_per_s": round(dg_rate, 1),
-        "speedup": round(speedup, 3), "sklearn_logreg_accuracy": sk_accuracy,
-        "deepgrid_logreg_accuracy": dg_accuracy, "deepgrid_softmax_accuracy": dg_softmax,
-        "speed_target_met": speedup >= SPEED_TARGET, "accuracy_target_met": dg_accuracy >= sk_accuracy,
+        "bench": "rbm", "python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
+        "rounds": args.rounds, "seconds": args.seconds, "train_examples": len(train),
+        "samples_per_s": {k: round(v, 1) for k, v in m.items()}, "samples_per_s_rounds": timed["rates"],
+        "ratios": {k: round(v, 3) for k, v in ratios.items()}, "load": timed["load"], "others_cpu": timed["others_cpu"],
+        "accuracy": acc, "bound_targets_met": verdict,
     }))
     return 0
 

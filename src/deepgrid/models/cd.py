@@ -59,6 +59,11 @@ def compute_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtype
 
 
+def check_precision(precision: str) -> None:
+    """Refuse, when the model is built, a precision this machine's training device cannot run."""
+    compute_dtype(precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
     """Autocast to ``dtype`` for autograd steps (fine-tuning, autoencoders); a no-op for float32."""
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)

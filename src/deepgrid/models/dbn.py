@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from deepgrid.config.network import LayerConf
 from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
-from deepgrid.models.cd import autocast
+from deepgrid.models.cd import autocast, check_precision
 from deepgrid.models.rbm import RBMLayer, layer_index, precision, pretrain_phase, train_cd, transform
 from deepgrid.models.registry import register
 
@@ -38,6 +38,7 @@ class LayerwiseModel(Model):
 
     def build(self) -> nn.Module:
         c = self.conf
+        check_precision(c.precision)
         layers = nn.ModuleList(self.make_layer(c.layer(i)) for i in range(len(c.hidden_layer_sizes)))
         output = init_linear(nn.Linear(c.hidden_layer_sizes[-1], c.n_out), c.weight_init)
         return nn.ModuleDict({"layers": layers, "output": output})

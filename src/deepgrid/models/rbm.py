@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from deepgrid.config.network import LayerConf
 from deepgrid.data.arrays import as_features
 from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
-from deepgrid.models.cd import Scratch, autocast, precision, train_cd
+from deepgrid.models.cd import Scratch, autocast, check_precision, precision, train_cd
 from deepgrid.models.registry import register
 
 PRETRAIN = "pretrain"
@@ -312,6 +312,7 @@ class RBM(Model):
 
     def build(self) -> nn.Module:
         c = self.conf
+        check_precision(c.precision)
         rbm = RBMLayer.from_conf(c.layer(0))
         output = init_linear(nn.Linear(rbm.n_hidden, c.n_out), c.weight_init)
         return nn.ModuleDict({"rbm": rbm, "output": output})
