@@ -168,3 +168,17 @@ def test_flat_params_round_trip():
     x, _ = prototypes_data(20)
     np.testing.assert_array_equal(a.predict_proba(x), b.predict_proba(x))
     assert a.n_params == 16 * N_VISIBLE + 16 + N_VISIBLE + 16 * N_CLASSES + N_CLASSES
+
+
+def test_training_samples_have_the_given_probability():
+    """The CD step's binary sampler (16-bit uniforms from numpy's PCG64) against the probabilities asked for."""
+    layer = RBMLayer(N_VISIBLE, 8)
+    v0, _ = prototypes_data(64)
+    scratch = layer._scratch_for(v0, None)
+    p = torch.linspace(0, 1, 64 * 8).view(64, 8)
+    torch.manual_seed(0)
+    mean = torch.stack([scratch.bernoulli(p, layer.reseed_sampler()).clone() for _ in range(400)]).mean(0)
+    assert set(scratch.sample.unique().tolist()) <= {0.0, 1.0}
+    assert mean[0, 0] == 0 and mean[-1, -1] == 1  # p = 0 never, p = 1 always
+    torch.testing.assert_close(mean, p, atol=0.1, rtol=0)  # 400 draws: 4 standard deviations at p = 0.5
+    assert abs(float((mean - p).mean())) < 0.005  # no bias overall

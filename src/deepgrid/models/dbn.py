@@ -84,6 +84,7 @@ class LayerwiseModel(Model):
         index = layer_index(phase)
         step = None
         if index is not None and isinstance(self.layers[index], RBMLayer):  # an RBM: CD with SGD by hand
+            self.layers[index].reseed_sampler()
             dtype = precision(self)
             step = train_cd(self, self.layers[index], phase, batches, lambda x: self._below(index, x, dtype),
                             on_gradients)

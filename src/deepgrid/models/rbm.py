@@ -204,9 +204,15 @@ class RBMLayer(nn.Module):
 
     def _sample(self, pre: Tensor | None, mean: Tensor, s: Scratch) -> Tensor:
         if pre is None:
-            # rand < p in the reused buffer: the same random stream as torch.rand_like(mean).lt_(mean).
-            return s.sample.uniform_().lt_(mean)
+            return s.bernoulli(mean, self.__dict__.get("_bits") or self.reseed_sampler())
         return self._hidden_sample(pre, mean)
+
+    def reseed_sampler(self) -> np.random.PCG64:
+        """Seed the training step's sampler (``Scratch.bernoulli``) from torch's generator. Called at
+        the start of every ``train_step``, so a job's samples follow from torch's seed alone, as
+        every other random draw of training does (a retried job draws the same)."""
+        bits = self.__dict__["_bits"] = np.random.PCG64(int(torch.randint(0, 2**62, (1,)).item()))
+        return bits
 
     def _down(self, h: Tensor, out: Tensor, s: Scratch) -> Tensor:
         torch.addmm(s.visible_bias, h, s.weight, out=out)
@@ -342,7 +348,10 @@ class RBM(Model):
 
     def train_step(self, phase: str, batches: Sequence[Batch],
                    on_gradients: Callable[[int], None] | None = None) -> StepResult:
-        step = train_cd(self, self.rbm, phase, batches, lambda x: x, on_gradients) if layer_index(phase) == 0 else None
+        if layer_index(phase) is None:
+            return super().train_step(phase, batches, on_gradients)
+        self.rbm.reseed_sampler()
+        step = train_cd(self, self.rbm, phase, batches, lambda x: x, on_gradients)
         return step or super().train_step(phase, batches, on_gradients)
 
     def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
