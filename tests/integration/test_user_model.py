@@ -107,3 +107,30 @@ def test_a_factory_found_through_sys_path_reaches_the_workers(tmp_path: Path, mo
     conf = write_conf(tmp_path, f"{name}:make_mlp", {"hidden": 16}, epochs=2)
     trained = run(capsys, "train", str(conf), "--train-limit", "1000", "-o", "run")
     assert trained["workers"] == 2 and trained["evaluation"]["accuracy"] > 0.9
+
+
+def test_a_model_a_worker_cannot_build_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]):
+    # As on a cluster host where the user's code differs: the master builds the model, the worker
+    # actors (other processes) cannot. The run stops before training with one line naming the host
+    # and the cause, not Ray's traceback of a dead actor.
+    name = write_module(tmp_path)
+    path = tmp_path / f"{name}.py"
+    path.write_text(path.read_text() + textwrap.dedent(f"""
+
+        import os
+
+
+        def driver_only(hidden=16):
+            if os.getpid() != {os.getpid()}:
+                raise RuntimeError("this host lacks the model's weights file")
+            return make_mlp(hidden)
+        """))
+    monkeypatch.chdir(tmp_path)
+    conf = write_conf(tmp_path, f"{name}:driver_only", {"hidden": 16}, epochs=1)
+    code = main(["train", str(conf), "--train-limit", "500", "-o", "run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("deepgrid: error:")]
+    assert len(lines) == 1 and "could not start" in lines[0] and "lacks the model's weights file" in lines[0], err
+    assert "Traceback" not in err, err

@@ -220,7 +220,7 @@ def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | N
     """
     import ray
 
-    from deepgrid.distributed.worker import start_actors
+    from deepgrid.distributed.worker import check_started, start_actors
 
     try:
         job = ray.get(mailbox.describe.remote(), timeout=30)
@@ -243,6 +243,7 @@ def _serve_master(mailbox: Any, address: str, wanted: str | None, count: int | N
     status = "training"
     try:
         infos = ray.get([actor.info.remote() for _, actor in actors], timeout=300)
+        check_started(infos)
         expected = job.get("data_digest")
         for info in infos:
             if expected and info.get("data_digest") != expected:

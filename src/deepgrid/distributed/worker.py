@@ -29,6 +29,19 @@ from deepgrid.train.loop import phase_seed, seed_job_noise
 ModelFactory = Callable[[], Model]
 
 
+def check_started(infos: list[dict[str, Any]]) -> None:
+    """Raise, as one line, why a worker could not start (``Worker.info``'s ``error``): a user's
+    mistake keeps its class (ConfigError, DataError), anything else is a ClusterError."""
+    from deepgrid.errors import ClusterError, ConfigError, DataError
+
+    for info in infos:
+        if "error" in info:
+            kind, line = info["error"]
+            cls = {"ConfigError": ConfigError, "DataError": DataError}.get(kind, ClusterError)
+            text = line if cls is not ClusterError else f"{kind}: {line}"
+            raise cls(f"a worker on host {info.get('host', '?')} ({info.get('ip', '?')}) could not start: {text}")
+
+
 def build_named_model(name: str, network: dict[str, Any]) -> Model:
     """A registry model from JSON-friendly parts (what travels to a worker)."""
     from deepgrid.config.network import NeuralNetConfiguration
@@ -52,8 +65,19 @@ class Worker:
 
     def __init__(self, worker_id: str, model_factory: ModelFactory, data: Any, labels: Any = None,
                  *, batch_size: int, threads: int = 1, device: str = "cpu", plugin: WorkerPlugin | None = None) -> None:
-        torch.set_num_threads(threads)
         self.worker_id = worker_id
+        self.failed: tuple[str, str] | None = None  # (error class, its line): why this worker could not start
+        try:
+            self._build(model_factory, data, labels, batch_size, threads, device, plugin)
+        except Exception as e:
+            # Kept for info() to report: an actor whose constructor raises dies with a multi-line
+            # traceback on the driver's console (Ray prints it), where a user's mistake (a model the
+            # worker's host cannot import, say) deserves one line.
+            self.failed = (type(e).__name__, str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+
+    def _build(self, model_factory: ModelFactory, data: Any, labels: Any, batch_size: int, threads: int,
+               device: str, plugin: WorkerPlugin | None) -> None:
+        torch.set_num_threads(threads)
         self.device = device
         self.model = model_factory().to(device)
         self.batch_size = batch_size
@@ -89,9 +113,12 @@ class Worker:
     def info(self) -> dict[str, Any]:
         import ray
 
-        return {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-                "node_id": ray.get_runtime_context().get_node_id(), "threads": torch.get_num_threads(),
-                "examples": len(self.data), "algorithm": self.model.name, "data_digest": self.data_digest}
+        where = {"host": socket.gethostname(), "ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+                 "node_id": ray.get_runtime_context().get_node_id()}
+        if self.failed is not None:
+            return {**where, "error": self.failed}
+        return {**where, "threads": torch.get_num_threads(), "examples": len(self.data),
+                "algorithm": self.model.name, "data_digest": self.data_digest}
 
     def _order(self, phase: str, epoch: int) -> torch.Tensor:
         key = (phase, epoch)

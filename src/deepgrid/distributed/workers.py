@@ -19,8 +19,8 @@ from deepgrid.data.dataset import ArrayDataset
 from deepgrid.distributed.events import EventLog
 from deepgrid.distributed.host import EXTERNAL_RESOURCE
 from deepgrid.distributed.strategies.base import WorkerPlugin
-from deepgrid.distributed.worker import WorkerSpec, start_actors
-from deepgrid.errors import ConfigError, DataError
+from deepgrid.distributed.worker import WorkerSpec, check_started, start_actors
+from deepgrid.errors import ClusterError, ConfigError, DataError
 from deepgrid.models.base import Model
 from deepgrid.state.base import StateTracker
 
@@ -87,6 +87,12 @@ class WorkerGroup:
         # Wait until each is built (model made, data mapped): a worker that cannot start is a
         # set-up error, reported now rather than mid-run.
         infos = ray.get([actor.info.remote() for _, actor in started], timeout=300)
+        try:
+            check_started(infos)
+        except Exception:
+            for _, actor in started:
+                kill(actor)
+            raise
         taken = [worker_id for (worker_id, actor), info in zip(started, infos, strict=True)
                  if self._take(worker_id, actor, info, node_id)]
         self.say(f"started {len(taken)} worker(s): {', '.join(taken)}", "started")
@@ -170,7 +176,7 @@ class WorkerGroup:
             self.say(f"node {address} joined: starting {count} worker(s) on it", "node")
             try:
                 self.start(count, node_id)
-            except (ray.exceptions.RayError, ConfigError, DataError) as e:  # the run goes on without it
+            except (ray.exceptions.RayError, ClusterError, ConfigError, DataError) as e:  # the run goes on without it
                 self.say(f"deepgrid: node {address} joined but its workers did not start ({first_line(e)}); skipped")
 
     def wait_for(self, minimum: int, hint: str = "", on_wait: Callable[[], None] | None = None) -> None:
