@@ -142,12 +142,12 @@ def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch]
                 # goes into its gradient's product (float32; Scratch.gradients) and the rest are foreach.
                 fused = (len(v), bufs) if momentum != 0 and dtype is None and None not in bufs else None
             if fused is None:
-                layer.cd_step(v, dtype)
+                layer.cd_step(v, dtype, scratch=s)
                 sgd_step(optimizer, params, s.grads, *settings)
                 fused = None
             else:
                 bufs = fused[1]
-                layer.cd_step(v, dtype, bufs[0], momentum)  # bufs[0] = momentum x bufs[0] + dW
+                layer.cd_step(v, dtype, bufs[0], momentum, s)  # bufs[0] = momentum x bufs[0] + dW
                 if weight_decay != 0:
                     torch._foreach_add_(s.grads[1:], biases, alpha=weight_decay)
                     bufs[0].add_(weight, alpha=weight_decay)
@@ -188,6 +188,8 @@ class Scratch:
         self.fast_bernoulli = device.type == "cpu"
         self.threshold = new(b, n_hidden, dt=torch.float32)
         self.offset = torch.full((1,), -32768.0, device=device)
+        # Column sums as matrix-vector products: a third of the time of torch.sum(dim=0) at these shapes.
+        self.ones, self.means = torch.ones(2 * b, device=device, dtype=dtype), torch.full((b,), 1.0 / b, device=device, dtype=dtype)
         self.n_raw = (b * n_hidden + 3) // 4
         self.diff = new(b, n_visible)  # v_neg - v0
         self.flat_diff, self.row_diff = self.diff.view(-1), self.diff.view(1, -1)
@@ -237,13 +239,13 @@ class Scratch:
         weight, hidden_bias, visible_bias = self.grads
         if momentum_buffer is not None:
             torch.addmm(momentum_buffer, self.hiddens.t(), self.visibles, beta=momentum, out=momentum_buffer)
-            torch.sum(self.hiddens, dim=0, out=hidden_bias)
-            torch.mean(self.diff, dim=0, out=visible_bias)
+            torch.mv(self.hiddens.t(), self.ones, out=hidden_bias)
+            torch.mv(self.diff.t(), self.means, out=visible_bias)
         elif self.cast:
             weight.copy_(torch.mm(self.hiddens.t(), self.visibles, out=self.product))
             torch.sum(self.hiddens, dim=0, dtype=weight.dtype, out=hidden_bias)
             torch.mean(self.diff, dim=0, dtype=weight.dtype, out=visible_bias)
         else:
             torch.mm(self.hiddens.t(), self.visibles, out=weight)
-            torch.sum(self.hiddens, dim=0, out=hidden_bias)
-            torch.mean(self.diff, dim=0, out=visible_bias)
+            torch.mv(self.hiddens.t(), self.ones, out=hidden_bias)
+            torch.mv(self.diff.t(), self.means, out=visible_bias)

@@ -240,12 +240,12 @@ class RBMLayer(nn.Module):
         return s.v_neg, s.error[0] / v0.numel()
 
     def cd_step(self, v0: Tensor, dtype: torch.dtype | None, momentum_buffer: Tensor | None = None,
-                momentum: float = 0.0) -> Scratch:
+                momentum: float = 0.0, scratch: Scratch | None = None) -> Scratch:
         """``contrastive_divergence`` without setting ``.grad`` (under no_grad): the gradients are in
         the returned scratch's ``grads``, the summed squared reconstruction error in its ``error``.
         With SGD's ``momentum_buffer`` of the weight, the weight gradient goes into it instead
-        (``Scratch.gradients``)."""
-        s = self._scratch_for(v0, dtype)
+        (``Scratch.gradients``). ``scratch``: this batch's, when the caller has it already."""
+        s = scratch or self._scratch_for(v0, dtype)
         s.load()
         if v0.dtype != s.dtype:
             v0 = s.v_pos.copy_(v0)
