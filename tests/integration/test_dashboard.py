@@ -300,7 +300,7 @@ def test_a_browser_shows_the_workers_and_a_growing_loss_chart(browser: Any, tmp_
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    run = Run(conf(job_name="dash-browser", epochs=20), Pace(0.15))
+    run = Run(conf(job_name="dash-browser", epochs=20, checkpoint_dir=str(tmp_path / "ckpt")), Pace(0.15))
     try:
         browser.get(run.dashboard.url)
         wait = WebDriverWait(browser, 60, poll_frequency=0.2)
@@ -319,6 +319,9 @@ def test_a_browser_shows_the_workers_and_a_growing_loss_chart(browser: Any, tmp_
         assert "finetune" in browser.find_element(By.ID, "facts").text
         assert browser.find_elements(By.CSS_SELECTOR, "#loss-chart polyline")
         assert "started 2 worker(s)" in browser.find_element(By.ID, "events").text
+        # A checkpoint each round would bury the other events: a run of them is one row.
+        kinds = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#events .badge")]
+        assert "checkpoint" in kinds and all(a != b or a != "checkpoint" for a, b in zip(kinds, kinds[1:])), kinds
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
