@@ -262,3 +262,22 @@ def test_cli_aws_mistakes_are_one_line(aws: dict[str, str], moto_server: MotoSer
     bad_url = run_conf(tmp_path / "u", data_dir="s3://Bad_Bucket/data", checkpoint_dir=None)
     result = deepgrid(aws, tmp_path, "train", str(bad_url), "-o", str(tmp_path / "out"))
     assert_user_error(result.returncode, result.stderr, "s3://BUCKET/PREFIX")
+
+
+def test_the_event_log_names_the_uploaded_checkpoint_and_its_time(aws: dict[str, str]) -> None:
+    from deepgrid.distributed.callbacks import Checkpointer
+    from deepgrid.distributed.events import EventLog
+    from deepgrid.train.schedule import RunProgress
+
+    location = f"s3://{BUCKET}/events/ckpt"
+    events = EventLog(lambda message: None)
+    writer = CheckpointWriter(Path(location), MLP(n_in=6, hidden_layer_sizes=(4,), seed=1), keep=2, run_id="evrun")
+    checkpointer = Checkpointer(writer, {}, every=1, events=events)
+    try:
+        checkpointer.commit(MLP(n_in=6, hidden_layer_sizes=(4,), seed=1).get_flat_params(), RunProgress(), {})
+        checkpointer.save(wait=True)
+        checkpointer.settle()
+    finally:
+        writer.close()
+    [event] = events.recent(kind="checkpoint")
+    assert f"checkpoint written: {location}/ckpt-" in event.message and "uploaded in" in event.message, event.message

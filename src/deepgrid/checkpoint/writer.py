@@ -142,6 +142,7 @@ class CheckpointWriter:
         if self.remote is not None:
             self.remote.scan()  # a missing bucket or bad credentials: one line now, not at the first save
         self.directory = self.remote.mirror if self.remote is not None else Path(directory)
+        self.uploaded: dict[Path, tuple[str, float]] = {}  # local checkpoint -> (its s3:// URL, upload s)
         self.keep = keep
         self.run_id = check_run_id(run_id) if run_id is not None else new_run_id()
         self._model = model
@@ -225,6 +226,7 @@ class CheckpointWriter:
         assert self.remote is not None
         url, seconds = self.remote.publish(written, self.keep)
         self.upload_seconds.append(seconds)
+        self.uploaded = {written: (str(url), seconds)}  # the latest: what the run's event log says of it
         size = sum(p.stat().st_size for p in written.iterdir() if p.is_file())
         amount = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
         log.info("checkpoint uploaded to %s in %.3f s (%s)", url, seconds, amount)

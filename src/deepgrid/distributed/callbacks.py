@@ -88,7 +88,11 @@ class Checkpointer:
         self.wait_s += time.perf_counter() - started
         if self.events is not None and written is not None and written != self._reported:
             self._reported = written
-            self.events(f"checkpoint written: {written}", "checkpoint", quiet=True)  # every round: not printed
+            where = f"{written}"
+            if written in self.writer.uploaded:  # checkpoint_dir: s3://...
+                url, seconds = self.writer.uploaded.pop(written)
+                where = f"{url} (uploaded in {seconds:.2f} s)"
+            self.events(f"checkpoint written: {where}", "checkpoint", quiet=True)  # every round: not printed
 
     def save(self, status: str | None = None, *, wait: bool = True) -> Path | None:
         """Save the last commit (never the tracker's view: it may be unreachable). ``wait`` blocks
