@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="mini-batches each worker trains between parameter averages")
     train.add_argument("--strategy", choices=STRATEGIES,
                        help="how workers' training is combined (default average; see README)")
-    train.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
+    train.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR (a checkpoint_dir: a path or s3://BUCKET/PREFIX), or from one checkpoint's folder")
     train.add_argument("--state", metavar="URL",
                        help="Conf.state_url: memory:// (default) or redis://[:PASSWORD@]HOST:PORT/DB")
     train.add_argument("--single-process", action="store_true",
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker actors to start on the master's own machine too (default 0)")
     master.add_argument("--strategy", choices=STRATEGIES,
                         help="how workers' training is combined (default average; see README)")
-    master.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR")
+    master.add_argument("--resume", metavar="DIR", help="continue from the newest checkpoint in DIR (a checkpoint_dir: a path or s3://BUCKET/PREFIX), or from one checkpoint's folder")
     master.add_argument("--state", metavar="URL",
                         help="Conf.state_url: memory:// (default) or redis://[:PASSWORD@]HOST:PORT/DB")
     master.add_argument("--output", "-o", help="where to save the trained model (default: runs/<job_name>)")
