@@ -52,6 +52,7 @@ RULES: dict[str, Rule] = {
     "y_key": Rule("str"),
     "image_mode": Rule("choice", choices=("grayscale", "rgb")),
     "data_source": Rule("opt_str"),
+    "memory_map": Rule("bool"),
     "train_limit": Rule("opt_int", low=1),
     "test_limit": Rule("opt_int", low=1),
     "validation_fraction": Rule("float", low=0, high=0.5),
@@ -106,6 +107,9 @@ class Conf:
     # the square side that network.n_in gives (n_in = channels * side * side).
     image_mode: str = "grayscale"
     data_source: str | None = None  # dataset callable: "pkg.module:function", called with "train"/"test"
+    # dataset csv/parquet/images: stream each split once into an on-disk .npy cache and train from it
+    # memory-mapped, as dataset npy does (data larger than memory; deepgrid.data.stream_cache).
+    memory_map: bool = False
     train_limit: int | None = None  # use only the first N training examples (quick runs)
     test_limit: int | None = None
     validation_fraction: float = 0.0  # held out of training for early stopping
@@ -172,6 +176,9 @@ class Conf:
         if not isinstance(self.network, NeuralNetConfiguration):
             raise ConfigError(invalid("network", self.network, "a NeuralNetConfiguration or a mapping"))
         object.__setattr__(self, "model", check_model_name(self.model))
+        if self.memory_map and self.dataset not in ("csv", "parquet", "images", "npy"):
+            raise ConfigError(invalid("memory_map", True, f"false for dataset {self.dataset}",
+                                      "It streams csv, parquet and images to disk; npy is always mapped."))
         check_job_name(self.job_name)
         for name in ("data_dir", "checkpoint_dir"):  # a path, or s3://bucket/prefix (deepgrid.storage)
             check_location(name, getattr(self, name))

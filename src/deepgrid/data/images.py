@@ -42,18 +42,15 @@ def class_names(folder: Path) -> list[str]:
     return names
 
 
-def read_image_folder(folder: Path, *, n_in: int, mode: str, limit: int | None = None,
-                      classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(pixels (N, n_in) uint8, labels (N,)) of every image under ``folder``'s class folders.
+def image_files(folder: Path, *, n_in: int, mode: str, limit: int | None = None,
+                classes: list[str] | None = None) -> list[tuple[Path, int]]:
+    """(path, label) of every image under ``folder``'s class folders, in the order they are read.
 
     ``classes``: the training split's class names, so a test split labels alike (by default
-    the train split's folders next to ``folder``, else its own).
+    the train split's folders next to ``folder``, else its own). ``limit`` keeps that many,
+    spread over the classes.
     """
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise DataError("dataset images needs Pillow, which is not installed; pip install pillow.") from None
-    side = image_side(n_in, mode)
+    image_side(n_in, mode)  # n_in must give a square before any folder is listed
     own = class_names(folder)
     if classes is None:
         train = folder.parent / "train"
@@ -70,15 +67,32 @@ def read_image_folder(folder: Path, *, n_in: int, mode: str, limit: int | None =
         # Spread over the classes rather than the first class only: the same shuffle every time.
         order = np.random.default_rng(0).permutation(len(files))[:limit]
         files = [files[i] for i in sorted(order)]
-    pil_mode = "RGB" if mode == "rgb" else "L"
+    return files
+
+
+def read_image(path: Path, *, n_in: int, mode: str) -> np.ndarray:
+    """One image's pixels (n_in,) uint8: converted to ``mode`` and resized to the side n_in gives."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise DataError("dataset images needs Pillow, which is not installed; pip install pillow.") from None
+    side = image_side(n_in, mode)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB" if mode == "rgb" else "L").resize((side, side), Image.Resampling.BILINEAR)
+            return np.asarray(image, dtype=np.uint8).reshape(-1)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e}).") from None
+
+
+def read_image_folder(folder: Path, *, n_in: int, mode: str, limit: int | None = None,
+                      classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(pixels (N, n_in) uint8, labels (N,)) of every image under ``folder``'s class folders
+    (:func:`image_files` says which, and in what order)."""
+    files = image_files(folder, n_in=n_in, mode=mode, limit=limit, classes=classes)
     pixels = np.empty((len(files), n_in), dtype=np.uint8)
     labels = np.empty(len(files), dtype=np.int64)
     for i, (path, label) in enumerate(files):
-        try:
-            with Image.open(path) as image:
-                image = image.convert(pil_mode).resize((side, side), Image.Resampling.BILINEAR)
-                pixels[i] = np.asarray(image, dtype=np.uint8).reshape(-1)
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e}).") from None
+        pixels[i] = read_image(path, n_in=n_in, mode=mode)
         labels[i] = label
     return pixels, labels

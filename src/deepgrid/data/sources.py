@@ -14,6 +14,9 @@
               pair of arrays or an ``ArrayDataset``; no ``data_dir``
 ============  ==========================================================================
 
+``memory_map: true`` reads csv, parquet and images once into an on-disk .npy cache and maps it
+as ``npy`` is mapped (:mod:`deepgrid.data.stream_cache`): for data larger than memory.
+
 Every kind gives what MNIST gives: features float32 of shape (N, network.n_in), labels int64
 in 0..network.n_out - 1. uint8 features (images, uint8 arrays) are scaled to [0, 1] by 1/255;
 other numbers are taken as they are. ``binarize`` thresholds features at 0.5;
@@ -62,6 +65,11 @@ def load_source(conf: Conf, split: str, limit: int | None = None) -> ArrayDatase
         from deepgrid.data.images import read_image_folder
 
         path = directory / split
+        if conf.memory_map:
+            from deepgrid.data.stream_cache import open_images
+
+            return open_images(path, mode=conf.image_mode, n_in=n_in, n_out=n_out, binarize=conf.binarize,
+                               limit=limit)
         x, y = read_image_folder(path, n_in=n_in, mode=conf.image_mode, limit=limit)
         return finish(x, y, n_in=n_in, n_out=n_out, binarize=conf.binarize, limit=limit, where=str(path))
     path = directory / f"{split}.{kind}"
@@ -71,9 +79,14 @@ def load_source(conf: Conf, split: str, limit: int | None = None) -> ArrayDatase
     if not files:
         raise DataError(f"{path}: no such file; dataset {kind} reads train.{kind} and test.{kind} (or shards "
                         f"train-*.{kind}, test-*.{kind}) from data_dir ({directory}).")
+    where = str(path) if files == [path] else f"{directory}/{split}-*.{kind}"
+    if conf.memory_map and kind in ("csv", "parquet"):
+        from deepgrid.data.stream_cache import open_tables
+
+        return open_tables(files, kind, label_column=conf.label_column, n_in=n_in, n_out=n_out,
+                           binarize=conf.binarize, limit=limit, where=where)
     parts = [_read_file(file, kind, conf) for file in files]
     x, y = parts[0] if len(parts) == 1 else _join(parts, files)
-    where = str(path) if files == [path] else f"{directory}/{split}-*.{kind}"
     return finish(x, y, n_in=n_in, n_out=n_out, binarize=conf.binarize, limit=limit, where=where)
 
 

@@ -3,10 +3,16 @@
 Both are read with pyarrow (a Ray dependency; ``pip install pyarrow`` where Ray is not
 installed). A CSV file starts with a header row naming the columns. Every column other than
 ``label_column`` is a feature and must hold numbers; the label column holds class indices.
+
+:func:`read_table` reads a file whole; :func:`table_batches` reads it a block of rows at a time
+(CSV blocks of about a megabyte, Parquet batches within its row groups) for
+:mod:`deepgrid.data.stream_cache`, with the same checks and the same one-line errors.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +20,84 @@ import numpy as np
 
 from deepgrid.errors import DataError
 
+# Rows a Parquet batch holds (64k rows of 100 float64 columns: 50 MB at most); CSV blocks are bytes.
+_PARQUET_BATCH_ROWS = 1 << 16
+_CSV_BLOCK_BYTES = 1 << 20
+_CSV_COLUMN = re.compile(r"column #(\d+)")
+
 
 def read_table(path: Path, kind: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
     """(features (N, n_features), labels (N,)) from a CSV or Parquet file."""
     table = _read_csv(path) if kind == "csv" else _read_parquet(path)
     names = list(table.column_names)
-    if label_column not in names:
-        raise DataError(f"{path}: no label column {label_column!r} (columns: {_listed(names)}); "
-                        "set label_column to the column that holds the class indices.")
-    feature_names = [n for n in names if n != label_column]
-    if not feature_names:
-        raise DataError(f"{path}: no feature columns besides the label column {label_column!r}.")
+    feature_names = _feature_names(names, label_column, path)
     labels = _column(table, label_column, path)
-    if len(labels) and labels.dtype.kind == "f" and np.isnan(labels).any():
-        bad = int(np.flatnonzero(np.isnan(labels))[0])
-        raise DataError(f"{path}: row {bad + 1} has no label in column {label_column!r}.")
+    _check_labels_present(labels, label_column, path, 0)
     features = np.empty((table.num_rows, len(feature_names)), dtype=np.float32)
     for j, name in enumerate(feature_names):
         features[:, j] = _column(table, name, path)
     return features, labels
 
 
-def _column(table: Any, name: str, path: Path) -> np.ndarray:
+def table_columns(path: Path, kind: str, label_column: str) -> list[str]:
+    """The feature columns of a CSV or Parquet file, from its header or schema alone (nothing else read)."""
+    names, types = _csv_schema(path) if kind == "csv" else _parquet_schema(path)
+    feature_names = _feature_names(names, label_column, path)
+    for name in [label_column, *feature_names]:
+        _check_numeric(types[name], name, path)
+    return feature_names
+
+
+def table_batches(path: Path, kind: str, label_column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(features (n, n_features) float32, labels (n,)) a block of rows at a time, in file order.
+
+    The values are those :func:`read_table` gives for the same rows; the memory held is one block.
+    """
+    feature_names = table_columns(path, kind, label_column)
+    blocks = _csv_blocks(path, [label_column, *feature_names]) if kind == "csv" else _parquet_blocks(path)
+    row = 0
+    for block in blocks:
+        labels = _column(block, label_column, path)
+        _check_labels_present(labels, label_column, path, row)
+        features = np.empty((block.num_rows, len(feature_names)), dtype=np.float32)
+        for j, name in enumerate(feature_names):
+            features[:, j] = _column(block, name, path)
+        row += block.num_rows
+        yield features, labels
+
+
+def _feature_names(names: list[str], label_column: str, path: Path) -> list[str]:
+    if label_column not in names:
+        raise DataError(f"{path}: no label column {label_column!r} (columns: {_listed(names)}); "
+                        "set label_column to the column that holds the class indices.")
+    feature_names = [n for n in names if n != label_column]
+    if not feature_names:
+        raise DataError(f"{path}: no feature columns besides the label column {label_column!r}.")
+    return feature_names
+
+
+def _check_labels_present(labels: np.ndarray, label_column: str, path: Path, first_row: int) -> None:
+    if len(labels) and labels.dtype.kind == "f" and np.isnan(labels).any():
+        bad = first_row + int(np.flatnonzero(np.isnan(labels))[0])
+        raise DataError(f"{path}: row {bad + 1} has no label in column {label_column!r}.")
+
+
+def _is_numeric(kind: Any) -> bool:
     import pyarrow as pa
 
-    column = table.column(name)
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
-            or pa.types.is_boolean(column.type) or pa.types.is_null(column.type)):
-        raise DataError(f"{path}: column {name!r} holds {column.type}, not numbers; every column but the label "
+    return bool(pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+                or pa.types.is_null(kind))
+
+
+def _check_numeric(kind: Any, name: str, path: Path) -> None:
+    if not _is_numeric(kind):
+        raise DataError(f"{path}: column {name!r} holds {kind}, not numbers; every column but the label "
                         "column is a feature and must be numeric.")
+
+
+def _column(table: Any, name: str, path: Path) -> np.ndarray:
+    column = table.column(name)
+    _check_numeric(column.type, name, path)
     # Missing values (empty CSV cells, Parquet nulls) become NaN here and are refused by the caller.
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64 if column.null_count else None)
 
@@ -55,7 +110,53 @@ def _read_csv(path: Path) -> Any:
         return csv.read_csv(path, read_options=csv.ReadOptions(use_threads=False))
     except pa.ArrowInvalid as e:
         # pyarrow says e.g. "CSV parse error: Expected 4 columns, got 3: 1,2,3" for a ragged row.
-        raise DataError(f"{path}: {_first_line(e)}; every row needs one value per header column.") from None
+        raise _csv_error(path, e) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e}).") from None
+
+
+def _csv_error(path: Path, error: Exception) -> DataError:
+    return DataError(f"{path}: {_first_line(error)}; every row needs one value per header column.")
+
+
+def _csv_schema(path: Path) -> tuple[list[str], dict[str, Any]]:
+    """The header's names and the types pyarrow infers from the first block."""
+    pa = _pyarrow("CSV")
+    from pyarrow import csv
+
+    try:
+        reader = csv.open_csv(path, read_options=csv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES))
+    except pa.ArrowInvalid as e:
+        raise _csv_error(path, e) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the file ({e}).") from None
+    with reader:
+        schema = reader.schema
+    return list(schema.names), {field.name: field.type for field in schema}
+
+
+def _csv_blocks(path: Path, numeric: list[str]) -> Iterator[Any]:
+    """The CSV file's record batches. Numbers are read as float64: the streaming reader takes each
+    column's type from the first block and cannot widen it later, where the whole-file reader
+    widens int64 to double; float64 holds both (exactly, below 2**53)."""
+    pa = _pyarrow("CSV")
+    from pyarrow import csv
+
+    names, types = _csv_schema(path)
+    forced = {name: pa.float64() for name in numeric if not pa.types.is_boolean(types[name])}
+    try:
+        reader = csv.open_csv(path, read_options=csv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
+                              convert_options=csv.ConvertOptions(column_types=forced))
+        with reader:
+            yield from reader
+    except pa.ArrowInvalid as e:
+        # A value a later block holds that is not a number: the whole-file reader would have read
+        # the column as text; say so as it does.
+        found = _CSV_COLUMN.search(str(e)) if "conversion error" in str(e) else None
+        if found and int(found.group(1)) < len(names):
+            raise DataError(f"{path}: column {names[int(found.group(1))]!r} holds string, not numbers; every "
+                            "column but the label column is a feature and must be numeric.") from None
+        raise _csv_error(path, e) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e}).") from None
 
@@ -66,6 +167,28 @@ def _read_parquet(path: Path) -> Any:
 
     try:
         return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}).") from None
+
+
+def _parquet_schema(path: Path) -> tuple[list[str], dict[str, Any]]:
+    pa = _pyarrow("Parquet")
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.ParquetFile(path).schema_arrow
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}).") from None
+    return list(schema.names), {field.name: field.type for field in schema}
+
+
+def _parquet_blocks(path: Path) -> Iterator[Any]:
+    pa = _pyarrow("Parquet")
+    import pyarrow.parquet as pq
+
+    try:
+        with pq.ParquetFile(path) as file:
+            yield from file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, use_threads=False)
     except (pa.ArrowInvalid, OSError) as e:
         raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)}).") from None
 
