@@ -180,27 +180,36 @@ def contenders(bf16: bool, lr: float) -> dict[str, Callable[[list[Any]], None]]:
     return out
 
 
-def time_runner(run: Callable[[list[Any]], None], chunks: list[list[Any]], seconds: float) -> float:
-    """Samples/s of ``run`` over chunks (cycling) for about ``seconds`` (at least one chunk)."""
-    run(chunks[0][:2])  # warm: first calls make optimizers and buffers
-    samples, start, i = 0, time.perf_counter(), 0
-    while True:
-        chunk = chunks[i % len(chunks)]
-        run(chunk)
-        samples += sum(len(b[0]) for b in chunk)
-        i += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return samples / elapsed
-
-
 def load() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])
 
 
+def time_group(runners: dict[str, Callable[[list[Any]], None]], chunks: list[list[Any]],
+               seconds: float) -> dict[str, float]:
+    """Samples/s of each runner, the runners taking turns chunk by chunk (about 50 batches each) for
+    about ``seconds`` each: a step and its bound see the same moments of the machine's load."""
+    for run in runners.values():
+        run(chunks[0][:2])  # warm: first calls make optimizers and buffers
+    samples = dict.fromkeys(runners, 0)
+    elapsed = dict.fromkeys(runners, 0.0)
+    i = 0
+    while min(elapsed.values()) < seconds:
+        chunk = chunks[i % len(chunks)]
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(chunk)
+            elapsed[name] += time.perf_counter() - start
+            samples[name] += len(chunk) * BATCH
+        i += 1
+    return {name: samples[name] / elapsed[name] for name in runners}
+
+
 def speed(chunks: list[list[Any]], rounds: int, seconds: float, bf16: bool, lr: float) -> dict[str, Any]:
     runners = contenders(bf16, lr)
+    groups: dict[str, dict[str, Callable[[list[Any]], None]]] = {}
+    for name, run in runners.items():  # "rbm deepgrid bf16" -> group "rbm"
+        groups.setdefault(name.split()[0], {})[name] = run
     rates: dict[str, list[float]] = {name: [] for name in runners}
     loads, foreign = [], []
     lock = BenchLock("bench_rbm.py")
@@ -208,12 +217,13 @@ def speed(chunks: list[list[Any]], rounds: int, seconds: float, bf16: bool, lr: 
     watch.start()
     try:
         for r in range(rounds):
-            lock.before_contender()
             before_load, before_cpu, started = load(), watch.read(), time.perf_counter()
-            for name, run in runners.items():
-                rates[name].append(time_runner(run, chunks, seconds))
+            for group in groups.values():
+                lock.before_contender()
+                for name, rate in time_group(group, chunks, seconds).items():
+                    rates[name].append(rate)
+                lock.release()  # between groups: a waiting test run gets its turn
             others = (watch.read() - before_cpu) / (time.perf_counter() - started)
-            lock.release()  # between rounds: a waiting test run gets its turn
             loads.append(max(before_load, load()))
             foreign.append(others)
             print(f"  round {r + 1}/{rounds}: load average {loads[-1]:.2f}, other processes used {others:.2f} "
@@ -222,13 +232,17 @@ def speed(chunks: list[list[Any]], rounds: int, seconds: float, bf16: bool, lr: 
     finally:
         lock.release()
         watch.stop()
+    for suffix in ("deepgrid", "bound", "deepgrid bf16"):  # all DBN layers, one pass each: their times add up
+        if f"dbn:0 {suffix}" in rates:
+            rates[f"dbn {suffix}"] = [1.0 / sum(1.0 / rates[f"dbn:{i} {suffix}"][r] for i in range(len(DBN_SIZES)))
+                                      for r in range(rounds)]
     medians = {name: statistics.median(v) for name, v in rates.items()}
     return {"rates": rates, "medians": medians, "load": loads, "others_cpu": foreign}
 
 
-def total_rate(medians: dict[str, float], suffix: str) -> float:
-    """Samples/s of pretraining all DBN layers one pass each: the per-layer times add up."""
-    return 1.0 / sum(1.0 / medians[f"dbn:{i} {suffix}"] for i in range(len(DBN_SIZES)))
+def ratio(rates: dict[str, list[float]], a: str, b: str) -> float:
+    """The median over rounds of a / b, each round's two measured side by side."""
+    return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
 
 
 # -- accuracy -----------------------------------------------------------------------------------------
@@ -276,6 +290,74 @@ def accuracy(train: Any, test: Any, epochs: int, dbn_epochs: int, bf16: bool, lr
     return out
 
 
+# -- the distributed path: pretraining samples/s per worker -----------------------------------------
+
+
+class JobSeconds:
+    """A runner callback: (phase, worker, samples, seconds) of every job, from the workers' own clocks."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, str, int, float]] = []
+
+    def on_round_end(self, master: Any, report: Any) -> None:
+        self.jobs += [(report.phase, r.worker_id, r.n_samples, r.seconds) for r in report.results]
+
+
+def distributed(train: Any, workers: int) -> dict[str, Any]:
+    """DBN 784-500-250-100 pretraining (one pass per layer; fine-tuning 1 pass, not counted) on ``workers``
+    local Ray workers of 1 thread each, averaging every 50 batches; against the same pretraining in one
+    process at 1 thread. Per worker: its jobs' samples / their seconds on the worker (set_flat_params,
+    the train_step and get_flat_params: what a job costs a worker)."""
+    import tempfile
+
+    from deepgrid import Conf
+    from deepgrid.distributed import engine
+    from deepgrid.distributed.runner import ActorNetworkRunner
+
+    net = dict(n_in=784, n_out=10, hidden_layer_sizes=list(DBN_SIZES), k=1, pretrain_lr=LR, momentum=0.5,
+               pretrain_epochs=1, finetune_epochs=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    single = DBN(NeuralNetConfiguration(**{**net, "hidden_layer_sizes": DBN_SIZES}))
+    data = ArrayDataset(train.x, train.y)
+    single_seconds = 0.0
+    for i in range(len(DBN_SIZES)):
+        order = data.batch_order(BATCH, 0, 0)
+        batches = [data.batch(idx) for idx in order]
+        start = time.perf_counter()
+        single.train_step(f"pretrain:{i}", batches)
+        single_seconds += time.perf_counter() - start
+    torch.set_num_threads(threads)
+    single_rate = len(DBN_SIZES) * len(batches) * BATCH / single_seconds
+
+    watch = JobSeconds()
+    with tempfile.TemporaryDirectory() as home:
+        os.environ["DEEPGRID_HOME"] = home
+        engine.start_local(num_cpus=workers)
+        runner = ActorNetworkRunner("master", data)
+        try:
+            runner.setup(Conf(model="dbn", workers=workers, batch_size=BATCH, averaging_frequency=50, epochs=1,
+                              dashboard=None, network=net))
+            runner.callbacks.append(watch)
+            start = time.perf_counter()
+            runner.train()
+            wall = time.perf_counter() - start
+        finally:
+            runner.shutdown()
+            engine.shutdown()
+    per_worker: dict[str, list[float]] = {}
+    for phase, worker, n, seconds in watch.jobs:
+        if phase.startswith("pretrain"):
+            acc = per_worker.setdefault(worker, [0, 0.0])
+            acc[0] += n
+            acc[1] += seconds
+    rates = {w: n / sec for w, (n, sec) in per_worker.items()}
+    pretrain_samples = sum(n for phase, _, n, _ in watch.jobs if phase.startswith("pretrain"))
+    return {"workers": workers, "single_process_1_thread": single_rate, "per_worker": rates,
+            "per_worker_mean": statistics.mean(rates.values()) if rates else 0.0,
+            "pretrain_samples": pretrain_samples, "run_seconds_with_finetune": wall}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
@@ -287,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="10,000 examples, 2 rounds of 1 s, small accuracy runs")
     parser.add_argument("--no-accuracy", action="store_true", help="the speed part only")
     parser.add_argument("--no-bf16", action="store_true", help="float32 only")
+    parser.add_argument("--distributed", type=int, default=0, metavar="N",
+                        help="also pretrain the DBN on N local workers: samples/s per worker (default: skip)")
+    parser.add_argument("--only-distributed", action="store_true", help="the --distributed part alone")
     parser.add_argument("--data-dir", help="Fashion-MNIST directory (default: found as deepgrid finds it)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -306,26 +391,31 @@ def main(argv: list[str] | None = None) -> int:
           f"native bf16: {native_bf16_cpu()}); {args.rounds} rounds of {args.seconds:.0f} s per contender, "
           f"{os.cpu_count()} cores, load average {load():.2f}", flush=True)
 
+    if args.only_distributed:
+        out = distributed(train, args.distributed or 2)
+        print(f"dbn pretraining, {out['workers']} workers of 1 thread: per worker {out['per_worker_mean']:,.0f} samples/s "
+              f"({', '.join(f'{v:,.0f}' for v in out['per_worker'].values())}); one process, 1 thread: "
+              f"{out['single_process_1_thread']:,.0f} samples/s; ratio {out['per_worker_mean'] / out['single_process_1_thread']:.2f}")
+        print(json.dumps({"bench": "rbm-distributed", **out}))
+        return 0
     timed = speed(chunks, args.rounds, args.seconds, bf16, args.lr)
-    m = timed["medians"]  # name -> median samples/s; the dbn totals are added below
-    ratios = {"rbm": m["rbm deepgrid"] / m["rbm bound"],
-              "dbn": total_rate(m, "deepgrid") / total_rate(m, "bound"),
-              "sda": m["sda deepgrid"] / m["sda bound"]}
-    ratios.update({f"dbn:{i}": m[f"dbn:{i} deepgrid"] / m[f"dbn:{i} bound"] for i in range(len(DBN_SIZES))})
+    m, rates = timed["medians"], timed["rates"]  # name -> median samples/s; name -> per round
+    keys = ["rbm", *(f"dbn:{i}" for i in range(len(DBN_SIZES))), "dbn", "sda"]
+    ratios = {key: ratio(rates, f"{key} deepgrid", f"{key} bound") for key in keys}
+    speedups = {key: ratio(rates, f"{key} deepgrid bf16", f"{key} deepgrid") for key in keys
+                if f"{key} deepgrid bf16" in rates}
     print()
-    print(f"{'step (median samples/s)':<26} {'deepgrid':>10} {'bound':>10} {'deepgrid/bound':>15} {'bf16':>10} "
+    print("samples/s: medians over rounds; the ratios: medians of each round's ratio (measured side by side)")
+    print(f"{'step':<26} {'deepgrid':>10} {'bound':>10} {'deepgrid/bound':>15} {'bf16':>10} "
           f"{'bf16 bound':>11} {'bf16/float32':>13}")
     names = [("rbm 784-256 CD-1", "rbm")] + [(f"dbn layer {i} ({(784, *DBN_SIZES)[i]}-{DBN_SIZES[i]})", f"dbn:{i}")
                                               for i in range(len(DBN_SIZES))]
-    if bf16:
-        m["dbn deepgrid bf16"] = total_rate(m, "deepgrid bf16")
-    m["dbn deepgrid"], m["dbn bound"] = total_rate(m, "deepgrid"), total_rate(m, "bound")
     names += [("dbn all layers", "dbn"), (f"sda layer 784-{SDA_HIDDEN}", "sda")]
     for label, key in names:
         ours, b16, b16_bound = m[f"{key} deepgrid"], m.get(f"{key} deepgrid bf16"), m.get(f"{key} bound bf16")
         print(f"{label:<26} {ours:>10,.0f} {m[f'{key} bound']:>10,.0f} {ratios[key]:>15.2f} "
               + (f"{b16:>10,.0f}" if b16 else " " * 10) + " " + (f"{b16_bound:>11,.0f}" if b16_bound else " " * 11)
-              + " " + (f"{b16 / ours:>12.2f}x" if b16 else ""))
+              + " " + (f"{speedups[key]:>12.2f}x" if key in speedups else ""))
     print(f"{'rbm scikit-learn':<26} {m['rbm scikit-learn']:>10,.0f}    (deepgrid / scikit-learn = "
           f"{m['rbm deepgrid'] / m['rbm scikit-learn']:.2f}x)")
     print(f"load average per round {timed['load']}, other processes' CPU per round "
@@ -349,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "rbm", "python": platform.python_version(), "torch": torch.__version__, "threads": args.threads,
         "rounds": args.rounds, "seconds": args.seconds, "train_examples": len(train),
         "samples_per_s": {k: round(v, 1) for k, v in m.items()}, "samples_per_s_rounds": timed["rates"],
-        "ratios": {k: round(v, 3) for k, v in ratios.items()}, "load": timed["load"], "others_cpu": timed["others_cpu"],
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "bf16_speedups": {k: round(v, 3) for k, v in speedups.items()}, "load": timed["load"], "others_cpu": timed["others_cpu"],
         "accuracy": acc, "bound_targets_met": verdict,
     }))
     return 0
