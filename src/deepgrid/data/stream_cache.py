@@ -4,7 +4,7 @@ Jobs are ranges of one epoch-wide shuffle that any worker may train, so a worker
 fixed shard of the files. Instead each host streams a split once, in bounded memory, into a
 features ``x.npy`` and a labels ``y.npy`` and then trains from them as ``dataset: npy`` does
 (:class:`deepgrid.data.mapped.MappedDataset`: a worker reads only its jobs' rows). CSV is read
-a block of about a megabyte at a time, Parquet a batch of rows at a time, images one by one
+a block of a quarter megabyte at a time, Parquet a batch of rows at a time, images one by one
 (:func:`deepgrid.data.tabular.table_batches`, :func:`deepgrid.data.images.read_image`); what
 is held is one block and the labels (8 bytes an example).
 
@@ -57,6 +57,10 @@ _UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
 Blocks = Iterator[tuple[np.ndarray, np.ndarray]]
 
 
+class Restart(Exception):
+    """Raised by a source's blocks: what was written is wrong, convert again from the first block."""
+
+
 def cache_root() -> Path:
     """``$DEEPGRID_HOME/cache/data`` when DEEPGRID_HOME is set, else ``~/.cache/deepgrid/data``."""
     home = os.environ.get("DEEPGRID_HOME")
@@ -66,7 +70,9 @@ def cache_root() -> Path:
 def open_tables(files: list[Path], kind: str, *, label_column: str, n_in: int, n_out: int, binarize: bool,
                 limit: int | None, where: str) -> MappedDataset:
     """CSV or Parquet ``files`` (a split's shards, in order) as one mapped data set."""
-    from deepgrid.data.tabular import table_batches, table_columns
+    from deepgrid.data.tabular import WiderColumn, table_batches, table_columns
+
+    types: dict[Path, dict[str, Any]] = {}  # a CSV file's column types once a block has widened them
 
     def blocks() -> Blocks:
         # Every shard's header first: shards of different widths, then a width other than n_in,
@@ -79,7 +85,11 @@ def open_tables(files: list[Path], kind: str, *, label_column: str, n_in: int, n
         _check_width(widths[0], n_in, where)
         yield np.empty((0, widths[0]), np.float32), np.empty(0, np.int64)  # the shape, should no rows follow
         for file in files:
-            yield from table_batches(file, kind, label_column)
+            try:
+                yield from table_batches(file, kind, label_column, types.get(file))
+            except WiderColumn as e:
+                types[file] = e.types
+                raise Restart(str(e)) from None
 
     key = {"kind": kind, "files": [_stat(file) for file in files], "label_column": label_column, "n_in": n_in}
     return _open(key, where, blocks, n_in=n_in, n_out=n_out, binarize=binarize, limit=limit)
@@ -154,7 +164,12 @@ def cached(key: dict[str, Any], where: str, blocks: Callable[[], Blocks], *, n_o
         tmp = root / f".{name}.tmp-{os.getpid()}"
         tmp.mkdir()
         try:
-            meta = _convert(blocks(), tmp, where, n_out)
+            while True:
+                try:
+                    meta = _convert(blocks(), tmp, where, n_out)
+                    break
+                except Restart as e:  # rare (a CSV column typed wider far down): read once more
+                    log.info("%s; converting again from the first row", e)
             meta["source"] = key
             _write_synced(tmp / "meta.json", json.dumps(meta, indent=1).encode())
             os.rename(tmp, folder)

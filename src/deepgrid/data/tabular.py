@@ -5,7 +5,7 @@ installed). A CSV file starts with a header row naming the columns. Every column
 ``label_column`` is a feature and must hold numbers; the label column holds class indices.
 
 :func:`read_table` reads a file whole; :func:`table_batches` reads it a block of rows at a time
-(CSV blocks of about a megabyte, Parquet batches within its row groups) for
+(CSV blocks of a quarter megabyte, Parquet batches within its row groups) for
 :mod:`deepgrid.data.stream_cache`, with the same checks and the same one-line errors.
 """
 
@@ -20,10 +20,13 @@ import numpy as np
 
 from deepgrid.errors import DataError
 
-# Rows a Parquet batch holds (64k rows of 100 float64 columns: 50 MB at most); CSV blocks are bytes.
+# Rows a Parquet batch holds (64k rows of 100 float64 columns: 50 MB at most); CSV blocks are bytes:
+# converting a 187 MB CSV, 1 MB blocks grew the process by 40-70 MB, 256 KB ones by 8-20 MB, at
+# the same speed (about 90 MB/s).
 _PARQUET_BATCH_ROWS = 1 << 16
-_CSV_BLOCK_BYTES = 1 << 20
-_CSV_COLUMN = re.compile(r"column #(\d+)")
+_CSV_BLOCK_BYTES = 1 << 18
+# "In CSV column #3: CSV conversion error to int64: invalid value '0.5'"
+_CSV_CONVERSION = re.compile(r"column #(\d+).*conversion error.*invalid value '(.*)'", re.DOTALL)
 
 
 def read_table(path: Path, kind: str, label_column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -48,13 +51,29 @@ def table_columns(path: Path, kind: str, label_column: str) -> list[str]:
     return feature_names
 
 
-def table_batches(path: Path, kind: str, label_column: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+class WiderColumn(Exception):
+    """A CSV column needs a wider type than its first block showed (int64 then a fraction, say).
+
+    The whole-file reader widens a column's type when a later block needs it and reads the
+    whole column with the wider one ("-0" is 0 as int64 but -0.0 as double); the streaming
+    reader cannot. The caller reads the file again from its first row with ``types``.
+    """
+
+    def __init__(self, path: Path, name: str, types: dict[str, Any]) -> None:
+        super().__init__(f"{path}: column {name!r} holds {types[name]} further down; reading it as that")
+        self.types = types
+
+
+def table_batches(path: Path, kind: str, label_column: str,
+                  types: dict[str, Any] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(features (n, n_features) float32, labels (n,)) a block of rows at a time, in file order.
 
     The values are those :func:`read_table` gives for the same rows; the memory held is one block.
+    ``types``: a CSV file's column types (default: pyarrow's guess from the first block); a
+    block that does not fit them raises :class:`WiderColumn` with the types to read it with.
     """
     feature_names = table_columns(path, kind, label_column)
-    blocks = _csv_blocks(path, [label_column, *feature_names]) if kind == "csv" else _parquet_blocks(path)
+    blocks = _csv_blocks(path, types) if kind == "csv" else _parquet_blocks(path)
     row = 0
     for block in blocks:
         labels = _column(block, label_column, path)
@@ -135,30 +154,49 @@ def _csv_schema(path: Path) -> tuple[list[str], dict[str, Any]]:
     return list(schema.names), {field.name: field.type for field in schema}
 
 
-def _csv_blocks(path: Path, numeric: list[str]) -> Iterator[Any]:
-    """The CSV file's record batches. Numbers are read as float64: the streaming reader takes each
-    column's type from the first block and cannot widen it later, where the whole-file reader
-    widens int64 to double; float64 holds both (exactly, below 2**53)."""
+def _csv_blocks(path: Path, types: dict[str, Any] | None) -> Iterator[Any]:
+    """The CSV file's record batches, its columns read as ``types``."""
     pa = _pyarrow("CSV")
     from pyarrow import csv
 
-    names, types = _csv_schema(path)
-    forced = {name: pa.float64() for name in numeric if not pa.types.is_boolean(types[name])}
+    names, first = _csv_schema(path)
+    types = dict(types or first)
     try:
         reader = csv.open_csv(path, read_options=csv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
-                              convert_options=csv.ConvertOptions(column_types=forced))
+                              convert_options=csv.ConvertOptions(column_types=types))
         with reader:
             yield from reader
     except pa.ArrowInvalid as e:
-        # A value a later block holds that is not a number: the whole-file reader would have read
-        # the column as text; say so as it does.
-        found = _CSV_COLUMN.search(str(e)) if "conversion error" in str(e) else None
-        if found and int(found.group(1)) < len(names):
-            raise DataError(f"{path}: column {names[int(found.group(1))]!r} holds string, not numbers; every "
-                            "column but the label column is a feature and must be numeric.") from None
-        raise _csv_error(path, e) from None
+        found = _CSV_CONVERSION.search(str(e))
+        if not found or int(found.group(1)) >= len(names):
+            raise _csv_error(path, e) from None
+        name = names[int(found.group(1))]
+        wider = _wider(types[name], found.group(2))
+        if wider is None:  # as the whole-file reader would: the column read as text
+            raise DataError(f"{path}: column {name!r} holds string, not numbers; every column but the label "
+                            "column is a feature and must be numeric.") from None
+        raise WiderColumn(path, name, {**types, name: wider}) from None
     except OSError as e:
         raise DataError(f"{path}: cannot read the file ({e}).") from None
+
+
+def _wider(current: Any, value: str) -> Any:
+    """The type the whole-file reader would give a column of ``current`` values and ``value``
+    (pyarrow's inference order: null, int64, bool, double, then text), or None for text."""
+    import io
+
+    pa = _pyarrow("CSV")
+    from pyarrow import csv
+
+    ladder = [pa.null(), pa.int64(), pa.bool_(), pa.float64()]
+    try:
+        alone = csv.read_csv(io.BytesIO(b"x\n" + value.encode() + b"\n")).schema.types[0]
+    except pa.ArrowInvalid:
+        return None
+    if alone not in ladder:
+        return None
+    rank = max(ladder.index(alone), ladder.index(current) + 1 if current in ladder else len(ladder))
+    return ladder[rank] if rank < len(ladder) else None
 
 
 def _read_parquet(path: Path) -> Any:
