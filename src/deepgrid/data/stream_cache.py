@@ -142,8 +142,7 @@ def cached(key: dict[str, Any], where: str, blocks: Callable[[], Blocks], *, n_o
     """The cache folder for ``key`` (``x.npy``, ``y.npy``, ``meta.json``), converted from ``blocks``
     unless a complete one is there already."""
     root = root if root is not None else cache_root()
-    text = json.dumps({"version": CACHE_VERSION, **key}, sort_keys=True)
-    name = f"{key['kind']}-{_UNSAFE.sub('_', Path(where).name)[:40]}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+    name = f"{key['kind']}-{_UNSAFE.sub('_', Path(where).name)[:40]}-{_key_hash(key)}"
     folder = root / name
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "w") as lock:
@@ -170,7 +169,8 @@ def cached(key: dict[str, Any], where: str, blocks: Callable[[], Blocks], *, n_o
                     break
                 except Restart as e:  # rare (a CSV column typed wider far down): read once more
                     log.info("%s; converting again from the first row", e)
-            meta["source"] = key
+            # What it was made from, for whoever looks (an image folder's first files only).
+            meta["source"] = {**key, "files": key["files"][:1000], "n_files": len(key["files"])}
             _write_synced(tmp / "meta.json", json.dumps(meta, indent=1).encode())
             os.rename(tmp, folder)
         finally:
@@ -178,6 +178,14 @@ def cached(key: dict[str, Any], where: str, blocks: Callable[[], Blocks], *, n_o
         log.info("%s: converted to %s (%d examples, %.1f MB) in %.1f s; later runs reuse it", where, folder,
                  meta["rows"], meta["x_bytes"] / 1e6, time.perf_counter() - started)
         return folder
+
+
+def _key_hash(key: dict[str, Any]) -> str:
+    """A hash of the key, its file list fed a file at a time (an image folder may list millions)."""
+    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **key, "files": None}, sort_keys=True).encode())
+    for entry in key["files"]:
+        h.update(json.dumps(entry).encode() + b"\n")
+    return h.hexdigest()[:20]
 
 
 def _incomplete(folder: Path) -> str | None:
