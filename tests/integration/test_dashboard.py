@@ -321,7 +321,7 @@ def test_a_browser_shows_the_workers_and_a_growing_loss_chart(browser: Any, tmp_
         assert "started 2 worker(s)" in browser.find_element(By.ID, "events").text
         # A checkpoint each round would bury the other events: a run of them is one row.
         kinds = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#events .badge")]
-        assert "checkpoint" in kinds and all(a != b or a != "checkpoint" for a, b in zip(kinds, kinds[1:])), kinds
+        assert "checkpoint" in kinds and all(a != b or a != "checkpoint" for a, b in zip(kinds, kinds[1:], strict=False)), kinds
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
