@@ -3,10 +3,10 @@ hand, and the precision of its products (``precision: bf16``).
 
 The products of one CD-1 step (up, down, up, and the outer products as one product) are the step's
 floor: ``bench/bench_rbm.py`` times them bare, beside the whole step. What remains is kept small
-here. ``Scratch`` holds every intermediate, so no batch allocates; ``sgd_step`` applies momentum and
-weight decay with the very operations of ``torch.optim.SGD`` (the same floats), without its per-step
-bookkeeping, keeping the momentum buffers in the optimizer's state so that ``state_dict`` and the
-strategies that move optimizer state see them.
+here. ``Scratch`` holds every intermediate, so no batch allocates; ``train_cd`` steps plain SGD by
+hand (``sgd_step``: the very operations of ``torch.optim.SGD``; from the second step the weight's
+momentum update is fused into its gradient's product), keeping the momentum buffers in the
+optimizer's state so that ``state_dict`` and the strategies that move optimizer state see them.
 """
 
 from __future__ import annotations
@@ -116,9 +116,10 @@ def precision(model: Model) -> torch.dtype | None:
 
 def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
              on_gradients: Callable[[int], None] | None) -> StepResult | None:
-    """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (``cd.sgd_step``:
-    the same floats as the optimizer's step, without its bookkeeping); None where the phase needs the
-    generic loop (another optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
+    """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (the maths of
+    torch.optim.SGD, without its bookkeeping; the floats round differently only where the weight's
+    momentum update is fused into its product); None where the phase needs the generic loop (another
+    optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
     optimizer = model.optimizer(phase)
     settings = hand_sgd(optimizer, on_gradients)
     if settings is None:

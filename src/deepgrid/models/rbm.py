@@ -16,6 +16,9 @@ counts every microsecond). ``batch_loss`` writes the gradient into each
 parameter's ``.grad`` and returns an objective whose ``backward()`` does
 nothing, so the base class's ``train_step`` (zero_grad, backward,
 optimizer.step with momentum and weight decay) trains an RBM like any model.
+With plain SGD and no strategy hooking gradients, ``train_step`` takes a
+faster road to the same maths (``models/cd.py``: reused buffers, SGD stepped
+by hand), measured against the bare matrix products in bench/bench_rbm.py.
 ``tests/unit/test_rbm.py`` checks the hand gradient against autograd on the
 surrogate.
 """
