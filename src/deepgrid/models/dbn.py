@@ -86,26 +86,31 @@ class LayerwiseModel(Model):
         if index is not None and isinstance(self.layers[index], RBMLayer):  # an RBM: CD with SGD by hand
             self.layers[index].reseed_sampler()
             dtype = precision(self)
-            step = train_cd(self, self.layers[index], phase, batches, lambda x: self._below(index, x, dtype),
-                            on_gradients)
+            below = [self.layers[i] for i in range(index)]
+            if dtype is None and all(isinstance(layer, RBMLayer) for layer in below):
+                # Per batch only the products and activations of the layers below, into reused buffers.
+                def inputs(x: Tensor) -> Tensor:
+                    for i, layer in enumerate(below):
+                        x = layer.mean_hiddens_into(x, self._buffer(i, x))
+                    return x
+            else:
+                def inputs(x: Tensor) -> Tensor:
+                    return self._below(index, x, dtype)
+            step = train_cd(self, self.layers[index], phase, batches, inputs, on_gradients)
         return step or super().train_step(phase, batches, on_gradients)
 
     def _below(self, index: int, x: Tensor, dtype: torch.dtype | None) -> Tensor:
-        """The input of layer ``index``: x through the (fixed) layers below, in ``dtype``'s precision.
-        RBMs below write into buffers kept for the next batch (float32; overwritten by the next call)."""
+        """The input of layer ``index``: x through the (fixed) layers below, in ``dtype``'s precision."""
         with torch.no_grad(), autocast(dtype, x.device):
             h = x
-            for i, layer in enumerate(self.layers[:index]):
-                if dtype is None and isinstance(layer, RBMLayer):
-                    h = layer.mean_hiddens_into(h, self._buffer(i, h))
-                else:
-                    h = layer.mean_hiddens(h)  # (B, size of layer below)
+            for layer in self.layers[:index]:
+                h = layer.mean_hiddens(h)  # (B, size of layer below)
         return h
 
     def _buffer(self, index: int, h: Tensor) -> Tensor:
         """The reused output of layer ``index`` for a batch like ``h``."""
         buffers = self.__dict__.setdefault("_outputs", {})
-        key = (index, len(h), h.device)
+        key = (index, len(h), h.device)  # (not a buffer of the module: no state_dict entry)
         if key not in buffers:
             buffers[key] = torch.empty(len(h), self.conf.hidden_layer_sizes[index], device=h.device, dtype=h.dtype)
         return buffers[key]
