@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     batches = [(train.x[idx], train.y[idx]) for idx in order[: len(order) // BATCH * BATCH].view(-1, BATCH)]
     chunks = [batches[i : i + CHUNK] for i in range(0, len(batches) - CHUNK + 1, CHUNK)]
     print(f"batch {BATCH}, {args.threads} thread(s), torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16: {native_bf16_cpu()}); {args.rounds} rounds of {args.seconds:.0f} s per contender, "
+          f"native bf16: {native_bf16_cpu()}); {args.rounds} rounds of {args.seconds:g} s per contender, "
           f"{os.cpu_count()} cores, load average {load():.2f}", flush=True)
 
     if args.only_distributed:
