@@ -104,3 +104,12 @@ def test_hand_sgd_only_for_plain_sgd():
     assert cd.hand_sgd(make_optimizer(params, "sgd", 0.1, 0.5, 0.0), None) == (0.1, 0.5, 0.0)
     assert cd.hand_sgd(make_optimizer(params, "adam", 0.1, 0.5, 0.0), None) is None
     assert cd.hand_sgd(make_optimizer(params, "sgd", 0.1, 0.5, 0.0), lambda n: None) is None  # a strategy's hook
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_bf16_is_refused_for_a_model_that_would_train_in_float32_anyway(model: str) -> None:
+    from deepgrid import Conf
+
+    with pytest.raises(ConfigError, match=r"network\.precision.*bf16 is for the pretraining models"):
+        Conf(model=model, network={"precision": "bf16"})
+    assert Conf(model="dbn", network={"precision": "bf16"}).network.precision == "bf16"

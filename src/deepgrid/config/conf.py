@@ -90,6 +90,10 @@ _BAD_JOB_NAME_CHARS = re.compile(r"[/\\:*?\[\]{}\s\x00-\x1f\x7f]")
 MAX_JOB_NAME = 100
 
 
+# The models whose training steps honour network.precision: bf16 (models/cd.py).
+BF16_MODELS = ("rbm", "dbn", "sda")
+
+
 @dataclass(frozen=True)
 class Conf:
     """Everything about the run and the cluster. See the module docstring."""
@@ -179,6 +183,10 @@ class Conf:
         if self.memory_map and self.dataset not in ("csv", "parquet", "images", "npy"):
             raise ConfigError(invalid("memory_map", True, f"false for dataset {self.dataset}",
                                       "It streams csv, parquet and images to disk; npy is always mapped."))
+        if self.network.precision == "bf16" and self.model not in BF16_MODELS:
+            # The other models would train in float32 all the same: say so rather than ignore it.
+            raise ConfigError(invalid("network.precision", "bf16", f"float32 for model {self.model}",
+                                      f"bf16 is for the pretraining models ({', '.join(BF16_MODELS)}); see docs/precision.md."))
         check_job_name(self.job_name)
         for name in ("data_dir", "checkpoint_dir"):  # a path, or s3://bucket/prefix (deepgrid.storage)
             check_location(name, getattr(self, name))
