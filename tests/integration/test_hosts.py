@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -80,8 +81,9 @@ def start_worker(host: Host, master: Host, token: Path | None, *args: str) -> su
 class Lines:
     """A process's stderr lines, read as they come, each with the time it arrived."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream, on_line: Callable[[str], None] | None = None) -> None:
         self.lines: list[tuple[float, str]] = []
+        self.on_line = on_line  # called in the reader thread as each line arrives
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
 
@@ -89,6 +91,8 @@ class Lines:
         try:
             for line in stream:
                 self.lines.append((time.monotonic(), line.rstrip("\n")))
+                if self.on_line is not None:
+                    self.on_line(line)
         except ValueError:  # the test closed the stream (finish() after a kill) while this thread read it
             pass
 
@@ -147,19 +151,24 @@ def test_worker_hosts_train_on_their_own_cores(data_dir: Path, tmp_path: Path) -
         master, w1, w2 = net.hosts["master"], net.hosts["w1"], net.hosts["w2"]
         conf = write_conf(tmp_path / "conf.yaml", data_dir, epochs=6)
         run = start_master(master, conf, "--min-workers", "3", "-o", str(tmp_path / "model"))
-        log = Lines(run.stderr)
+        received: dict[str, int] = {}
+
+        def set_up(line: str) -> None:
+            # Set-up done, every actor holds the data: the bytes each host received so far, read the
+            # moment the line arrives (a poll of its own, on a busy machine, would count rounds too).
+            if not received and "training mlp" in line:
+                received.update({name: net.bytes_received(name) for name in ("w1", "w2")})
+
+        log = Lines(run.stderr, on_line=set_up)
         token = wait_token(master)
         workers = [start_worker(w1, master, token, "--workers", "2"), start_worker(w2, master, token)]
         seen: dict[str, set[int]] = {}
-        received: dict[str, int] = {}
         settings: dict[str, dict[str, str]] = {}  # an actor's environment, by host
         while run.poll() is None:  # where does each actor process live, while the run trains?
             for name, pids in net.pids_with(ACTOR).items():
                 seen.setdefault(name, set()).update(pids)
                 if not settings.get(name):
                     settings[name] = environment_of(pids[0])
-            if not received and "training mlp" in log.text():  # set-up done: every actor holds the data
-                received = {name: net.bytes_received(name) for name in ("w1", "w2")}
             time.sleep(0.3)
         code, out, _ = finish(run)
         log.join()
