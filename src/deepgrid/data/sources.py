@@ -146,10 +146,8 @@ def check_labels(labels: Any, n_out: int, where: str) -> torch.Tensor:
     return torch.from_numpy(y)
 
 
-def finish(x: Any, y: Any, *, n_in: int, n_out: int, binarize: bool, limit: int | None, where: str) -> ArrayDataset:
-    """Checked features and labels as an in-memory data set: the same rules for every kind."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+def feature_rows(x: Any, where: str) -> np.ndarray:
+    """Features as one numeric row per example (images (N, H, W[, C]) flattened), or one line on why not."""
     x = np.asarray(x)
     if x.ndim == 1:
         raise DataError(f"{where}: features have shape {x.shape}; expected one row of features per example.")
@@ -157,6 +155,14 @@ def finish(x: Any, y: Any, *, n_in: int, n_out: int, binarize: bool, limit: int 
         x = x.reshape(len(x), -1)
     if x.dtype.kind not in "fiub":
         raise DataError(f"{where}: features have dtype {x.dtype}; expected numbers.")
+    return x
+
+
+def finish(x: Any, y: Any, *, n_in: int, n_out: int, binarize: bool, limit: int | None, where: str) -> ArrayDataset:
+    """Checked features and labels as an in-memory data set: the same rules for every kind."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = feature_rows(x, where)
     if x.shape[1] != n_in:
         raise DataError(f"{where}: {x.shape[1]} features per example but network.n_in is {n_in}; "
                         f"set network.n_in to {x.shape[1]}.")

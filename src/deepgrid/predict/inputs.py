@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deepgrid.data.sources import feature_rows
 from deepgrid.errors import DataError
 from deepgrid.predict import INPUT_KINDS, KIND_ALIASES
 
@@ -87,13 +88,7 @@ def input_kind(path: Path, dataset: str | None = None) -> str:
 def prepare(x: Any, settings: Settings, *, where: str, first: int) -> Any:
     """Features as float32 (rows, n_in), prepared as training prepared them; ``first``: the index of
     the chunk's first example in the input, for the error lines."""
-    x = np.asarray(x)
-    if x.ndim == 1:
-        raise DataError(f"{where}: features have shape {x.shape}; expected one row of features per example.")
-    if x.ndim > 2:  # images given as (N, H, W[, C])
-        x = x.reshape(len(x), -1)
-    if x.dtype.kind not in "fiub":
-        raise DataError(f"{where}: features have dtype {x.dtype}; expected numbers.")
+    x = feature_rows(x, where)  # the same rules as training's readers
     if x.shape[1] != settings.n_in:
         raise DataError(f"{where}: {x.shape[1]} features per example, but the model takes {settings.n_in} "
                         f"(its network.n_in); predict with data shaped like its training data.")
