@@ -23,6 +23,7 @@ from typing import Any
 
 from deepgrid import __version__
 from deepgrid.cloud.commands import add_cluster_commands
+from deepgrid.config.arg_types import positive_int
 from deepgrid.config.conf import DATASETS, STRATEGIES
 from deepgrid.config.dashboard_address import add_dashboard_flags, dashboard_flag
 from deepgrid.errors import ConfigError, DeepgridError, invalid
@@ -32,16 +33,6 @@ from deepgrid.report import add_report_command, evaluate_saved, report
 from deepgrid.train.logs import add_verbosity_flags, configure_cli_logging, level_of, show_configuration
 
 EXIT_USER_ERROR = 2
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

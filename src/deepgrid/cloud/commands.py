@@ -12,19 +12,11 @@ import json
 import logging
 from typing import Any
 
+from deepgrid.config.arg_types import positive_int
+
 
 def log(message: str) -> None:
     logging.getLogger("deepgrid").info(message)  # stderr, timestamped; -q hides it (train/logs.py)
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def add_cluster_commands(sub: Any) -> None:
@@ -46,7 +38,7 @@ def add_cluster_commands(sub: Any) -> None:
         action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         action.add_argument("conf", metavar="CONF", help="a YAML or JSON Conf file with a cloud: section")
         if name in ("add-workers", "remove-workers"):
-            action.add_argument("count", metavar="N", type=_count, help="how many worker hosts")
+            action.add_argument("count", metavar="N", type=positive_int, help="how many worker hosts")
         action.add_argument("--json", action="store_true", help="end with one JSON line of results on stdout")
         action.set_defaults(func=func)
 
