@@ -322,6 +322,11 @@ def test_a_browser_shows_the_workers_and_a_growing_loss_chart(browser: Any, tmp_
         # A checkpoint each round would bury the other events: a run of them is one row.
         kinds = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#events .badge")]
         assert "checkpoint" in kinds and all(a != b or a != "checkpoint" for a, b in zip(kinds, kinds[1:], strict=False)), kinds
+        # The master keeps them so too, so its API (and its last 500 events) keep the rest in view.
+        served = run.get("/api/statetracker/events")["events"]
+        checkpoints = [e for e in served if e["kind"] == "checkpoint"]
+        assert checkpoints and checkpoints[-1]["earlier"] >= 1, served
+        assert all(a["kind"] != "checkpoint" or b["kind"] != "checkpoint" for a, b in zip(served, served[1:], strict=False))
         shot = tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000

@@ -207,16 +207,10 @@ class RunView:
         return {"rounds": rounds, "validation": validation, "last_round": rounds[-1]["round"] if rounds else since}
 
     def events(self, since: int = 0, limit: int = 200) -> dict[str, Any]:
-        """Events numbered from 0 in the order they happened; those numbered ``since`` and after."""
-        log = self.runner.events
-        while True:  # the count and the list read apart: read again if an event came in between
-            count = log.count
-            recent = log.recent(500)
-            if log.count == count:
-                break
-        first = count - len(recent)
-        rows = [{"index": first + i, **e.to_dict()} for i, e in enumerate(recent) if first + i >= since]
-        return {"count": count, "events": rows[-limit:]}
+        """Events numbered from 0 in the order they happened; those numbered ``since`` and after.
+        ``count`` is the number to ask from next time."""
+        count, events = self.runner.events.since(since, limit)
+        return {"count": count, "events": [e.to_dict() for e in events]}
 
     def snapshot(self) -> dict[str, Any]:
         """The tracker's snapshot (the status file's layout, what ``deepgrid status`` prints) with
