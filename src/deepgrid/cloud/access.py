@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 from deepgrid.cloud.aws import Aws, aws_errors, error_code
@@ -103,28 +104,28 @@ def ensure_role(aws: Aws, spec: ClusterSpec) -> str:
     return name
 
 
-def delete_role(aws: Aws, spec: ClusterSpec) -> list[str]:
+def _iam_entity(call: Callable[..., dict[str, Any]], field: str, **names: str) -> Any:
+    """``call(**names)[field]``, or None when IAM has no such entity (down after a half-done up, or twice)."""
     import botocore.exceptions as bx
 
+    try:
+        return call(**names)[field]
+    except bx.ClientError as e:
+        if error_code(e) != "NoSuchEntity":
+            raise
+        return None
+
+
+def delete_role(aws: Aws, spec: ClusterSpec) -> list[str]:
     name, deleted = spec.role_name, []
     with aws_errors("delete the cluster's instance role"):
-        try:
-            profile = aws.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]
-        except bx.ClientError as e:
-            if error_code(e) != "NoSuchEntity":
-                raise
-            profile = None
+        profile = _iam_entity(aws.iam.get_instance_profile, "InstanceProfile", InstanceProfileName=name)
         if profile is not None and is_ours(profile.get("Tags"), spec):
             for role in profile["Roles"]:
                 aws.iam.remove_role_from_instance_profile(InstanceProfileName=name, RoleName=role["RoleName"])
             aws.iam.delete_instance_profile(InstanceProfileName=name)
             deleted.append(f"instance profile {name}")
-        try:
-            tags = aws.iam.list_role_tags(RoleName=name)["Tags"]
-        except bx.ClientError as e:
-            if error_code(e) != "NoSuchEntity":
-                raise
-            tags = None
+        tags = _iam_entity(aws.iam.list_role_tags, "Tags", RoleName=name)
         if tags is not None and is_ours(tags, spec):
             for policy in aws.iam.list_role_policies(RoleName=name)["PolicyNames"]:
                 aws.iam.delete_role_policy(RoleName=name, PolicyName=policy)
