@@ -19,6 +19,18 @@ validation accuracy's thread at nice 19 and the torch threads it started).
     .venv/bin/python bench/bench_dashboard.py --pairs 10 --epochs 3
     .venv/bin/python bench/bench_dashboard.py --pairs 2 --epochs 1   # a smoke run
     .venv/bin/python bench/bench_dashboard.py --metrics-file         # as `deepgrid train` runs
+    .venv/bin/python bench/bench_dashboard.py --interleave --metrics-file   # blocks within one run
+
+Whole runs side by side cannot resolve 2% on this machine: its cores change speed by tens of per
+cent from minute to minute, so two runs of the same kind differ more than the dashboard costs.
+``--interleave`` compares neighbours a few seconds apart instead: ONE long run with the dashboard
+started, switched on and off every ``--block`` epochs. Off: the dashboard's callback is taken out
+of the runner's callbacks (the page gets no rounds) and the page's process is stopped (SIGSTOP: no
+requests); its server thread stays, idle in epoll, and its CPU in the off blocks is printed (the
+residue an interleaved "off" keeps). On: both back. Blocks are whole epochs (the same work each: an
+epoch's short last round and its validation); a block's samples/s is its samples over the wall time
+from the end of the epoch before it to the end of its last (callbacks, validations included), and
+each on block is compared with the mean of the two off blocks beside it.
 
 With --metrics-file both runs write metrics.jsonl, as every `deepgrid train` and `deepgrid master`
 run does: the validation accuracy is then computed once on the training thread for the file, and
@@ -33,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -148,6 +161,112 @@ def one_run(dashboard: bool, train: Any, epochs: int, index: int, watch: Any, me
             "cpu_s_per_ksample": 1000 * ours / max(runner.samples_trained, 1)}
 
 
+class Toggle:
+    """A callback after the dashboard's: every ``block`` epochs switches the dashboard off or on
+    (see the module's docstring) and keeps each block's samples, wall time and dashboard CPU.
+    Blocks are whole epochs so that each holds the same work (an epoch's short last round and its
+    validation)."""
+
+    def __init__(self, dashboard: Any, page: Page, block: int) -> None:
+        self.dashboard, self.page, self.block = dashboard, page, block
+        self.on, self.epochs, self.samples = True, 0, 0
+        self.blocks: list[dict[str, Any]] = []
+        self._start: tuple[float, float] | None = None  # the block's (wall, dashboard CPU) at its start
+
+    def on_round_end(self, master: Any, report: Any) -> None:
+        if self._start is not None:
+            self.samples += report.n_samples
+
+    def on_epoch_end(self, master: Any, *args: Any) -> None:
+        now = time.perf_counter()
+        if self._start is None:  # the first epoch's end starts the first block
+            self._start = (now, sum(dashboard_cpu_s()))
+            return
+        self.epochs += 1
+        if self.epochs < self.block:
+            return
+        cpu = sum(dashboard_cpu_s())
+        seconds = now - self._start[0]
+        self.blocks.append({"on": self.on, "samples": self.samples, "seconds": seconds,
+                            "samples_per_s": self.samples / seconds, "dashboard_cpu_s": cpu - self._start[1]})
+        self.on = not self.on
+        # A new list, not the one the runner is looping over right now.
+        if self.on:
+            master.callbacks = [c for c in master.callbacks if c is not self] + [self.dashboard, self]
+            os.kill(self.page.process.pid, signal.SIGCONT)
+        else:
+            master.callbacks = [c for c in master.callbacks if c is not self.dashboard]
+            os.kill(self.page.process.pid, signal.SIGSTOP)
+        self.epochs = self.samples = 0
+        self._start = (time.perf_counter(), sum(dashboard_cpu_s()))
+
+
+def interleaved(train: Any, epochs: int, block: int, metrics_file: bool) -> dict[str, Any]:
+    """One run, the dashboard switched every ``block`` epochs; on blocks against their off neighbours."""
+    import common
+
+    from deepgrid.distributed.metrics_file import MetricsRecorder
+    from deepgrid.distributed.runner import ActorNetworkRunner
+    from deepgrid.train.metrics_file import MetricsFile
+
+    conf = common.deepgrid_conf(2, 100, epochs, "bench-dashboard-interleaved", validation_fraction=0.1,
+                                dashboard="127.0.0.1:0")
+    runner = ActorNetworkRunner("master", train, progress=lambda message: None)
+    page = None
+    try:
+        runner.setup(conf)
+        if metrics_file:
+            out = Path(os.environ["DEEPGRID_HOME"]) / "run-interleaved"
+            runner.callbacks.append(MetricsRecorder(MetricsFile(out, fresh=True)))
+        dashboard = next(c for c in runner.callbacks if type(c).__name__ == "Dashboard")
+        page = Page(dashboard.url)
+        toggle = Toggle(dashboard, page, block)
+        runner.callbacks.append(toggle)
+        runner.train()
+    finally:
+        if page is not None:
+            os.kill(page.process.pid, signal.SIGCONT)
+            page.stop()
+        runner.shutdown()
+    blocks = toggle.blocks
+    ratios = []  # each on block against the mean of the off blocks on either side of it
+    for i, b in enumerate(blocks):
+        if b["on"] and 0 < i < len(blocks) - 1:
+            ratios.append(b["samples_per_s"] / ((blocks[i - 1]["samples_per_s"] + blocks[i + 1]["samples_per_s"]) / 2))
+    return {"blocks": blocks, "ratios": ratios, "samples_per_s": runner.samples_per_s, "polls": page.polls}
+
+
+def bootstrap_ci(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
+    """A 95% interval for the mean of ``values`` (resampled with replacement)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    means = rng.choice(np.asarray(values), size=(n, len(values)), replace=True).mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def report_interleaved(result: dict[str, Any]) -> None:
+    blocks, ratios = result["blocks"], result["ratios"]
+    for i, b in enumerate(blocks):
+        print(f"block {i + 1:3d}: dashboard {'on ' if b['on'] else 'off'}  {b['samples_per_s']:9,.0f} samples/s"
+              f"  {b['seconds']:5.2f} s  dashboard CPU {1000 * b['dashboard_cpu_s']:6.1f} ms")
+    on = [b for b in blocks if b["on"]]
+    off = [b for b in blocks if not b["on"]]
+    low, high = bootstrap_ci(ratios)
+    mean = statistics.fmean(ratios)
+    cpu_on = sum(b["dashboard_cpu_s"] for b in on) / sum(b["seconds"] for b in on)
+    cpu_off = sum(b["dashboard_cpu_s"] for b in off) / sum(b["seconds"] for b in off)
+    print(f"\n{len(blocks)} blocks, {len(ratios)} on blocks between two off blocks; page polls {result['polls']}")
+    print(f"on / its off neighbours: mean {mean:.4f} (95% interval {low:.4f} .. {high:.4f}), "
+          f"median {statistics.median(ratios):.4f}")
+    print(f"cost of the dashboard: {100 * (1 - mean):.2f}% of samples/s, at most {100 * (1 - low):.2f}% "
+          f"(target <= 2%: {'PASS' if low >= 0.98 else 'NOT SHOWN'})")
+    print(f"the dashboard's threads used, of one CPU: {100 * cpu_on:.2f}% in on blocks, "
+          f"{100 * cpu_off:.2f}% in off blocks (idle server thread)")
+    print(json.dumps({"ratio_mean": mean, "ratio_ci95": [low, high], "ratio_median": statistics.median(ratios),
+                      "dashboard_cpu_share_on": cpu_on, "dashboard_cpu_share_off": cpu_off, **result}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=6, help="off/on pairs (default 6)")
@@ -155,6 +274,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs a run (default 5)")
     parser.add_argument("--metrics-file", action="store_true",
                         help="both runs write metrics.jsonl, as `deepgrid train` does (see above)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="one long run, the dashboard switched on and off every --block epochs (see above)")
+    parser.add_argument("--block", type=int, default=2, help="epochs a block with --interleave (default 2)")
     parser.add_argument("--poll", metavar="URL", help=argparse.SUPPRESS)  # the page's process
     args = parser.parse_args()
     if args.poll:
@@ -173,6 +295,19 @@ def main() -> None:
     watch.start()
     runs: list[dict[str, Any]] = []
     acquire_lock()
+    if args.interleave:
+        try:
+            one_run(False, train, 1, -1, watch)  # warm-up
+            foreign = watch.read()
+            started = time.perf_counter()
+            result = interleaved(train, args.epochs, args.block, args.metrics_file)
+            result["others_cpu"] = (watch.read() - foreign) / (time.perf_counter() - started)
+            print(f"others' processes used {result['others_cpu']:.2f} CPUs meanwhile")
+        finally:
+            LOCK.unlink(missing_ok=True)
+            watch.stop()
+            engine.shutdown()
+        return report_interleaved(result)
     try:
         one_run(False, train, 1, -1, watch)  # warm-up: Ray's workers, the imports, the caches
         for pair in range(args.pairs):
