@@ -18,18 +18,15 @@ from deepgrid.distributed.strategies import make_strategy
 from deepgrid.distributed.strategies.allreduce import AllreduceStrategy
 from deepgrid.models.mlp import MLP
 from deepgrid.train.loop import fit, jobs
-from tests.integration.synthetic import N_CLASSES, N_IN, TEST, TRAIN
+from tests.integration.synthetic import TEST, TRAIN, mlp_conf, mlp_network
 
 BATCH = 16
 N_BATCHES = TRAIN.n_batches(BATCH)
 
 
 def conf(**changes: object) -> Conf:
-    base = dict(model="mlp", strategy="allreduce", workers=2, batch_size=BATCH, averaging_frequency=5, epochs=2,
-                pull_jobs=False, network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32],
-                                              activation="relu", finetune_lr=0.05, momentum=0.9))
-    base.update(changes)
-    return Conf(**base)  # type: ignore[arg-type]
+    return mlp_conf(**{"strategy": "allreduce", "batch_size": BATCH, "averaging_frequency": 5, "pull_jobs": False,
+                       "network": mlp_network(momentum=0.9), **changes})
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,15 +16,11 @@ from deepgrid.distributed.strategies.asynchronous import AsyncStrategy, DeltaPlu
 from deepgrid.distributed.strategies.base import JobResult
 from deepgrid.models.mlp import MLP
 from deepgrid.state.base import Job
-from tests.integration.synthetic import N_CLASSES, N_IN, TEST, TRAIN
+from tests.integration.synthetic import TEST, TRAIN, mlp_conf
 
 
 def conf(**changes: object) -> Conf:
-    base = dict(model="mlp", strategy="async", workers=2, batch_size=16, averaging_frequency=4, epochs=2,
-                network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu",
-                             finetune_lr=0.05))
-    base.update(changes)
-    return Conf(**base)  # type: ignore[arg-type]
+    return mlp_conf(**{"strategy": "async", **changes})
 
 
 @pytest.fixture(scope="module", autouse=True)

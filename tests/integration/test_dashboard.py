@@ -38,17 +38,13 @@ from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
 from deepgrid.state.status import status_path
 from tests.helpers import missing_server
-from tests.integration.synthetic import N_CLASSES, N_IN, TRAIN
+from tests.integration.synthetic import TRAIN, mlp_conf
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def conf(**changes: object) -> Conf:
-    base = dict(model="mlp", workers=2, batch_size=16, averaging_frequency=4, epochs=3, validation_fraction=0.1,
-                network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu",
-                             finetune_lr=0.05))
-    base.update(changes)
-    return Conf(**base)  # type: ignore[arg-type]
+    return mlp_conf(**{"epochs": 3, "validation_fraction": 0.1, **changes})
 
 
 @pytest.fixture(scope="module", autouse=True)

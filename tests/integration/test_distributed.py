@@ -19,15 +19,7 @@ from deepgrid.errors import ClusterError
 from deepgrid.models.mlp import MLP
 from deepgrid.state.status import read_status, status_path
 from deepgrid.train.loop import fit
-from tests.integration.synthetic import N_CLASSES, N_IN, TEST, TRAIN, blobs
-
-
-def conf(**changes: object) -> Conf:
-    base = dict(model="mlp", workers=2, batch_size=16, averaging_frequency=4, epochs=2,
-                network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu",
-                             finetune_lr=0.05))
-    base.update(changes)
-    return Conf(**base)  # type: ignore[arg-type]
+from tests.integration.synthetic import TEST, TRAIN, blobs, mlp_conf, mlp_network
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +42,7 @@ def run(c: Conf, data: ArrayDataset = TRAIN, on_round=None, resume=None) -> tupl
 
 
 def test_one_worker_computes_what_the_reference_loop_computes() -> None:
-    c = conf(workers=1)
+    c = mlp_conf(workers=1)
     runner, model = run(c)
     reference = MLP(c.network)
     fit(reference, TRAIN, epochs=c.epochs, batch_size=c.batch_size, job_size=c.averaging_frequency)
@@ -58,7 +50,7 @@ def test_one_worker_computes_what_the_reference_loop_computes() -> None:
 
 
 def test_two_workers_converge_and_the_ledger_is_complete() -> None:
-    runner, model = run(conf(workers=2))
+    runner, model = run(mlp_conf(workers=2))
     assert model.score(TEST.x, TEST.y) > 0.95
     n_batches = TRAIN.n_batches(16)
     for epoch in range(2):
@@ -70,7 +62,7 @@ def runner_ledger(runner: ActorNetworkRunner, epoch: int) -> dict[int, int]:
 
 
 def test_a_worker_killed_mid_epoch_loses_no_batch() -> None:
-    clean_runner, clean = run(conf(workers=3))
+    clean_runner, clean = run(mlp_conf(workers=3))
     killed: list[str] = []
 
     def kill_one(runner: ActorNetworkRunner) -> None:
@@ -80,7 +72,7 @@ def test_a_worker_killed_mid_epoch_loses_no_batch() -> None:
             os.kill(pid, signal.SIGKILL)
             killed.append(worker_id)
 
-    runner, model = run(conf(workers=3), on_round=kill_one)
+    runner, model = run(mlp_conf(workers=3), on_round=kill_one)
     survivors = runner.tracker_snapshot["workers"]
     assert killed and killed[0] not in survivors  # noticed and dropped
     assert len(survivors) == 2
@@ -101,7 +93,7 @@ def test_status_lists_the_workers_during_a_run() -> None:
             runner.status_file.write(force=True)
             seen.append(read_status(status_path(runner.conf.job_name)))
 
-    runner, _ = run(conf(workers=2, job_name="status-test"), on_round=look)
+    runner, _ = run(mlp_conf(workers=2, job_name="status-test"), on_round=look)
     assert seen and seen[0]["run"]["status"] == "training"
     assert sorted(seen[0]["workers"]) == sorted(w for w in runner.tracker_snapshot["workers"])
     json.dumps(seen[0])
@@ -115,7 +107,7 @@ def test_checkpoint_and_resume_after_a_crash(tmp_path) -> None:
             raise KeyboardInterrupt  # the master dies mid-epoch
 
     with pytest.raises(KeyboardInterrupt):
-        run(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), on_round=crash)
+        run(mlp_conf(checkpoint_dir=str(ckpt), checkpoint_every=10), on_round=crash)
     saved = sorted(p.name for p in ckpt.iterdir())
     assert saved, "a failing run keeps its last checkpoint"
     from deepgrid.checkpoint import load_run_state
@@ -123,11 +115,11 @@ def test_checkpoint_and_resume_after_a_crash(tmp_path) -> None:
     step = load_run_state(ckpt)["block_step"]  # block momentum's last step goes on after the resume
     resumed = ActorNetworkRunner("master", TRAIN)
     try:
-        resumed.setup(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
+        resumed.setup(mlp_conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
         np.testing.assert_array_equal(resumed.strategy.block_step, step)
     finally:
         resumed.shutdown()
-    runner, model = run(conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
+    runner, model = run(mlp_conf(checkpoint_dir=str(ckpt), checkpoint_every=10), resume=ckpt)
     full_run_samples = 2 * TRAIN.n_batches(16) * 16
     assert 0 < runner.samples_trained < full_run_samples  # it continued, it did not restart
     assert model.score(TEST.x, TEST.y) > 0.95
@@ -135,22 +127,22 @@ def test_checkpoint_and_resume_after_a_crash(tmp_path) -> None:
 
 def test_resume_from_a_missing_or_damaged_directory_is_refused(tmp_path) -> None:
     with pytest.raises(ModelError, match="does not exist"):
-        ActorNetworkRunner("master", TRAIN).setup(conf(), resume=tmp_path / "nope")
+        ActorNetworkRunner("master", TRAIN).setup(mlp_conf(), resume=tmp_path / "nope")
     damaged = tmp_path / "damaged" / "ckpt-000000001"
     damaged.mkdir(parents=True)
     (damaged / "model.json").write_text("{not json")
     (damaged / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(ModelError, match="damaged"):
-        ActorNetworkRunner("master", TRAIN).setup(conf(), resume=tmp_path / "damaged")
+        ActorNetworkRunner("master", TRAIN).setup(mlp_conf(), resume=tmp_path / "damaged")
     assert (damaged / "model.json").read_text() == "{not json"  # kept as it was
 
 
 def test_bad_set_ups_fail_clearly() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no usable CUDA"):
-            ActorNetworkRunner("master", TRAIN).setup(conf(device="cuda"))
+            ActorNetworkRunner("master", TRAIN).setup(mlp_conf(device="cuda"))
     with pytest.raises(DataError, match="larger than a worker's shard"):
-        ActorNetworkRunner("master", blobs(100, 3)).setup(conf(workers=2, batch_size=64))
+        ActorNetworkRunner("master", blobs(100, 3)).setup(mlp_conf(workers=2, batch_size=64))
     with pytest.raises(ConfigError, match="runs the master"):
         ActorNetworkRunner("worker", TRAIN)
 
@@ -175,7 +167,7 @@ def test_a_slow_worker_takes_fewer_jobs() -> None:
 
     from deepgrid.distributed.worker import remote_worker_class
 
-    c = conf(workers=1, epochs=3)
+    c = mlp_conf(workers=1, epochs=3)
     runner = ActorNetworkRunner("master", TRAIN)
     try:
         runner.setup(c)
@@ -209,7 +201,7 @@ def test_block_momentum_adds_back_part_of_the_last_step() -> None:
 
 def test_resume_keeps_the_early_stopping_state(tmp_path) -> None:
     ckpt = tmp_path / "ckpt"
-    c = conf(checkpoint_dir=str(ckpt), epochs=4, validation_fraction=0.2, patience=50)
+    c = mlp_conf(checkpoint_dir=str(ckpt), epochs=4, validation_fraction=0.2, patience=50)
 
     def crash(runner: ActorNetworkRunner) -> None:
         if runner.progress.epoch >= 2:  # two validations have run
@@ -242,8 +234,8 @@ def test_a_stopped_worker_is_caught_by_its_heartbeat() -> None:
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
 
-    c = conf(workers=2, epochs=1, averaging_frequency=8, heartbeat_timeout_s=2.0, round_deadline_s=600.0, network=dict(
-        n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu", finetune_lr=0.05))
+    c = mlp_conf(workers=2, epochs=1, averaging_frequency=8, heartbeat_timeout_s=2.0, round_deadline_s=600.0,
+                 network=mlp_network())
     slow = MLPThatSleeps.factory(c)
     runner = ActorNetworkRunner("master", TRAIN, model_factory=slow)
     runner.on_round = stop_one
@@ -311,7 +303,7 @@ def test_a_worker_past_the_deadline_gets_no_job_until_its_call_ends(tmp_path) ->
     """Issue 8, defect 1: with the default deadline and heartbeat settings, a worker whose job overran
     the deadline is kept but gets no new job while that job still runs: never two jobs at once on
     one model; its late result is not counted; each batch is trained exactly once."""
-    c = conf(workers=2, epochs=2)
+    c = mlp_conf(workers=2, epochs=2)
     marks = str(tmp_path)
     runner = ActorNetworkRunner("master", TRAIN, model_factory=lambda: MLPThatOverrunsOnce(c.network, marks))
     try:
@@ -334,7 +326,7 @@ def test_a_worker_past_the_deadline_gets_no_job_until_its_call_ends(tmp_path) ->
 def test_workers_that_cannot_be_placed_are_refused_up_front(changes, fragment) -> None:
     """Issue 8, defect 4: Ray would wait for room forever (then a traceback after 300 s)."""
     with pytest.raises(ConfigError, match=fragment) as caught:
-        run(conf(**changes))
+        run(mlp_conf(**changes))
     assert "use workers:" in str(caught.value) and "\n" not in str(caught.value)
 
 
@@ -352,4 +344,4 @@ def test_a_round_that_can_hand_out_no_job_stops_instead_of_looping() -> None:
                 raise AssertionError("the master kept running rounds that handed out no job")
 
     with pytest.raises(ClusterError, match="handed none"):
-        run(conf(workers=2), on_round=break_the_tracker)
+        run(mlp_conf(workers=2), on_round=break_the_tracker)

@@ -17,7 +17,7 @@ from deepgrid.distributed.strategies.base import JobResult
 from deepgrid.distributed.strategies.sharing import SharingPlugin, SharingStrategy, decode, wire_bytes
 from deepgrid.models.mlp import MLP
 from deepgrid.state.base import Job
-from tests.integration.synthetic import N_CLASSES, N_IN, TEST, TRAIN
+from tests.integration.synthetic import TEST, TRAIN, mlp_conf, mlp_network
 
 N = 10_000
 
@@ -159,11 +159,7 @@ def test_the_conf_names_the_strategy_and_checks_the_sparsity() -> None:
 def conf(**changes: object) -> Conf:
     # 256 hidden units: 6,404 parameters, so that 1/100 of them (64 int32) plus the serialised
     # dict's ~200 bytes of framing stay under 1/50 of a dense vector (512 bytes).
-    base = dict(model="mlp", workers=2, batch_size=16, averaging_frequency=4, epochs=2, strategy="sharing",
-                network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[256], activation="relu",
-                             finetune_lr=0.05))
-    base.update(changes)
-    return Conf(**base)  # type: ignore[arg-type]
+    return mlp_conf(**{"strategy": "sharing", "network": mlp_network(hidden_layer_sizes=[256]), **changes})
 
 
 @pytest.fixture(scope="module", autouse=True)
