@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import textwrap
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,7 @@ import yaml
 
 from deepgrid.cli import main
 from tests.source_files import write_source
-
-USER_CODE = """\
-from torch import nn
-
-
-class SmallMLP(nn.Module):
-    def __init__(self, n_in, n_out, hidden=32):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
-
-    def forward(self, x):
-        return self.body(x)
-
-
-def make_mlp(hidden=16):
-    return nn.Sequential(nn.Linear(16, hidden), nn.Tanh(), nn.Linear(hidden, 4))
-"""
+from tests.user_models import write_module
 
 
 @pytest.fixture(autouse=True)
@@ -46,13 +29,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DEEPGRID_DATA", raising=False)
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
-
-
-def write_module(directory: Path) -> str:
-    name = f"user_nets_{uuid.uuid4().hex[:8]}"  # fresh: Python caches imported modules by name
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.py").write_text(textwrap.dedent(USER_CODE))
-    return name
 
 
 def write_conf(tmp_path: Path, model: str, model_args: dict[str, Any], epochs: int) -> Path:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -28,59 +26,9 @@ from deepgrid.models.module import TorchModel
 from deepgrid.models.user import UserModel
 from tests.helpers import assert_user_error
 from tests.source_files import N_CLASSES, N_IN, write_source
+from tests.user_models import write_module
 
 NETWORK = {"n_in": N_IN, "n_out": N_CLASSES}
-
-USER_CODE = """\
-import torch
-from torch import nn
-
-
-class SmallMLP(nn.Module):
-    def __init__(self, n_in, n_out, hidden=32):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, n_out))
-
-    def forward(self, x):
-        return self.body(x)
-
-
-def make_mlp(hidden=8, width=16):
-    # A factory that takes neither n_in nor n_out: the sizes are its own.
-    return nn.Sequential(nn.Linear(width, hidden), nn.Tanh(), nn.Linear(hidden, 4))
-
-
-def make_broken(hidden=8):
-    raise ValueError("hidden must be even")
-
-
-def make_nothing():
-    return 42
-
-
-def make_frozen():
-    return nn.ReLU()
-
-
-def make_batchnorm():
-    return nn.Sequential(nn.Linear(16, 8), nn.BatchNorm1d(8), nn.Linear(8, 4))
-
-
-class NotAModule:
-    pass
-
-
-INSTANCE = nn.Linear(16, 4)
-"""
-
-
-def write_module(directory: Path, code: str = USER_CODE) -> str:
-    """Write ``code`` as a module of a fresh name into ``directory``; return the name."""
-    name = f"user_nets_{uuid.uuid4().hex[:8]}"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.py").write_text(textwrap.dedent(code))
-    return name
-
 
 @pytest.fixture(autouse=True)
 def clean_path(monkeypatch: pytest.MonkeyPatch) -> None:
