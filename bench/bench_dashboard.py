@@ -6,7 +6,7 @@ run in alternating pairs:
 
   off   Conf.dashboard = None
   on    the default dashboard (loopback, a free port) with one page open: another process asks
-        for everything the page asks for (six endpoints) every second, as a browser tab does
+        for what the page asks for (/api/page) every second, as a browser tab does
 
 and ``runner.samples_per_s`` compared pair by pair (target: the median of on / off >= 0.98).
 The machine is shared, so the pairs' order alternates, the CPU other processes took is printed,
@@ -53,14 +53,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 LOCK = Path("/tmp/deepgrid-bench.lock")
 QUIET_CPUS = 0.1  # --interleave: a ratio counts as quiet when other processes used less in its three blocks
-PAGE_PATHS = ("/api/run", "/api/statetracker/workers", "/api/statetracker/jobs", "/api/statetracker/minibatch",
-              "/api/statetracker/metrics?since={since}", "/api/statetracker/events?since=0")
+PAGE_PATH = "/api/page?since={since}&events_since={events}"  # what the page asks for each second
 
 
 def acquire_lock() -> None:
@@ -80,17 +78,22 @@ def acquire_lock() -> None:
 
 
 def poll(url: str) -> None:
-    """One open page, in a process of its own as a browser is: every endpoint the page polls, once a
-    second, until killed; a line on stdout per poll."""
-    url, since = url.rstrip("/"), -1
+    """One open page, in a process of its own as a browser is: what the page asks for, once a second
+    on one kept-alive connection (as a browser's), until killed; a line on stdout per poll."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=5)
+    since, events = -1, 0
     while True:
         try:
-            for path in PAGE_PATHS:
-                with urllib.request.urlopen(url + path.format(since=since), timeout=5) as r:
-                    body = json.loads(r.read())
-                since = body.get("last_round", since)
+            connection.request("GET", PAGE_PATH.format(since=since, events=events))
+            body = json.loads(connection.getresponse().read())
+            since, events = body["metrics"]["last_round"], body["events"]["count"]
             print("poll", flush=True)
-        except OSError:
+        except (OSError, http.client.HTTPException):
+            connection.close()  # it reconnects at the next request
             print("error", flush=True)
         time.sleep(1.0)
 

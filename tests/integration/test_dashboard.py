@@ -150,6 +150,12 @@ def test_the_api_follows_a_run_and_a_killed_worker() -> None:
         assert [e["index"] for e in events] == list(range(len(events)))  # numbered for ?since=
         newer = run.get(f"/api/statetracker/events?since={events[-1]['index']}")["events"]
         assert newer and newer[0]["index"] == events[-1]["index"]
+        # What the page asks for each second, in one answer: the same parts as the endpoints above.
+        page = run.get(f"/api/page?since=-1&events_since={events[-1]['index']}")
+        assert set(page) == {"run", "workers", "jobs", "minibatch", "metrics", "events"}
+        assert page["run"]["model"] == "mlp" and [w["id"] for w in page["workers"]["workers"]] == \
+            [w["id"] for w in run.get("/api/statetracker/workers")["workers"]]
+        assert page["events"]["events"][0]["index"] == events[-1]["index"] and page["metrics"]["rounds"]
 
         # Metrics move: a later poll has more rounds, and ?since= sends only the new ones.
         metrics = run.get("/api/statetracker/metrics")

@@ -101,6 +101,7 @@ class DashboardServer:
         routes: dict[str, Callable[[web.Request], Any]] = {
             "/api/run": lambda r: self.view.run(),
             "/api/snapshot": lambda r: self.view.snapshot(),
+            "/api/page": lambda r: self.view.page(_int_param(r, "since", -1), _int_param(r, "events_since", 0)),
             "/api/statetracker/workers": lambda r: self.view.workers(),
             "/api/statetracker/phase": lambda r: self.view.phase(),
             "/api/statetracker/jobs": lambda r: self.view.jobs(),

@@ -212,6 +212,12 @@ class RunView:
         count, events = self.runner.events.since(since, limit)
         return {"count": count, "events": [e.to_dict() for e in events]}
 
+    def page(self, since: int = -1, events_since: int = 0) -> dict[str, Any]:
+        """All a page draws, in one answer: one request a second instead of six (each costs the
+        master's process a request's handling, and a browser a round trip)."""
+        return {"run": self.run(), "workers": self.workers(), "jobs": self.jobs(), "minibatch": self.minibatch(),
+                "metrics": self.metrics(since), "events": self.events(events_since)}
+
     def snapshot(self) -> dict[str, Any]:
         """The tracker's snapshot (the status file's layout, what ``deepgrid status`` prints) with
         the dashboard's view of the run and the recent events added."""
