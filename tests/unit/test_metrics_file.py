@@ -374,7 +374,7 @@ def test_the_epoch_accuracy_is_computed_once_per_validation(monkeypatch) -> None
 
     calls: list[int] = []
     monkeypatch.setattr(metrics_file, "validation_accuracy", lambda model, data: calls.append(1) or 0.5 + len(calls))
-    master = SimpleNamespace(model=None, validation=None, round=7)
+    master = SimpleNamespace(model=None, validation=None, round=7, accuracy_cache=None)
     finetune = Phase("finetune", 3)
     assert metrics_file.epoch_accuracy(master, finetune, 0) == 1.5
     assert metrics_file.epoch_accuracy(master, finetune, 0) == 1.5 and len(calls) == 1

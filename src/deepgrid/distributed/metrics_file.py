@@ -53,10 +53,10 @@ def epoch_accuracy(master: ActorNetworkRunner, phase: Phase, epoch: int) -> floa
     """The validation accuracy after ``phase``'s ``epoch``, computed once however many callbacks ask
     (the metrics file and the dashboard): a pass over the validation set costs a few % of an epoch."""
     key = (phase.name, epoch, master.round)
-    cached = getattr(master, "_epoch_accuracy", None)
+    cached = master.accuracy_cache
     if cached is None or cached[0] != key:
         # The runner validated with the round's parameters in master.model: the accuracy is of the same.
-        cached = master._epoch_accuracy = (key, validation_accuracy(master.model, master.validation))
+        cached = master.accuracy_cache = (key, validation_accuracy(master.model, master.validation))
     return cached[1]
 
 

@@ -95,6 +95,8 @@ class ActorNetworkRunner:
         self.checkpointer: Checkpointer | None = None
         self.status_file: StatusFile | None = None
         self._history = History()
+        # ((phase, epoch, round), accuracy): one validation pass however many callbacks ask (metrics_file)
+        self.accuracy_cache: tuple[tuple[str, int, int], float | None] | None = None
         self._resuming = False
         self._samples_trained = 0
         self._train_seconds = 0.0
