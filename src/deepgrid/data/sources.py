@@ -73,9 +73,7 @@ def load_source(conf: Conf, split: str, limit: int | None = None) -> ArrayDatase
         x, y = read_image_folder(path, n_in=n_in, mode=conf.image_mode, limit=limit)
         return finish(x, y, n_in=n_in, n_out=n_out, binarize=conf.binarize, limit=limit, where=str(path))
     path = directory / f"{split}.{kind}"
-    # Sharded files (train-00000.npz, train-00001.npz, ...) when there is no single file: read in
-    # name order and joined, so the example order is the shards' order.
-    files = [path] if path.is_file() else sorted(p for p in directory.glob(f"{split}-*.{kind}") if p.is_file())
+    files = split_files(directory, split, kind)
     if not files:
         raise DataError(f"{path}: no such file; dataset {kind} reads train.{kind} and test.{kind} (or shards "
                         f"train-*.{kind}, test-*.{kind}) from data_dir ({directory}).")
@@ -88,6 +86,13 @@ def load_source(conf: Conf, split: str, limit: int | None = None) -> ArrayDatase
     parts = [_read_file(file, kind, conf) for file in files]
     x, y = parts[0] if len(parts) == 1 else _join(parts, files)
     return finish(x, y, n_in=n_in, n_out=n_out, binarize=conf.binarize, limit=limit, where=where)
+
+
+def split_files(directory: Path, split: str, kind: str) -> list[Path]:
+    """The files of a split: ``train.npz`` itself, else its shards (train-00000.npz, train-00001.npz,
+    ...) in name order, which joined give the example order; [] when there are none."""
+    path = directory / f"{split}.{kind}"
+    return [path] if path.is_file() else sorted(p for p in directory.glob(f"{split}-*.{kind}") if p.is_file())
 
 
 def _read_file(path: Path, kind: str, conf: Conf) -> tuple[Any, Any]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from deepgrid.config.conf import Conf
 from deepgrid.distributed.events import EventLog
+from deepgrid.distributed.locality import ShardHomes, worker_host
 from deepgrid.distributed.policy import Failure, FailureKind, FailurePolicy
 from deepgrid.distributed.strategies.base import GroupBroken, JobResult
 from deepgrid.distributed.workers import WorkerGroup, first_line
@@ -42,6 +43,15 @@ class Dispatcher:
         self._calls: dict[Any, tuple[str, Job, float, int]] = {}
         self._pings: dict[Any, str] = {}
         self._seen: dict[str, float] = {}
+        self.homes: ShardHomes | None = None  # shard-blocked epochs: which host trains which shard
+
+    def claim(self, worker_id: str) -> Job | None:
+        """The next job for ``worker_id``: with shards, one of its host's first (locality.ShardHomes)."""
+        if self.homes is None:
+            return self.tracker.claim_job(worker_id)
+        hosts = self.group.hosts
+        return self.homes.claim(self.tracker, worker_id, worker_host(hosts, worker_id),
+                                {worker_host(hosts, w) for w in self.workers})
 
     @property
     def workers(self) -> dict:
@@ -63,7 +73,7 @@ class Dispatcher:
         params_ref = ray.put(params)  # one copy in the object store, read by every worker
         calls: dict[Any, tuple[str, Job]] = {}
         for worker_id, handle in free:
-            job = tracker.claim_job(worker_id)
+            job = self.claim(worker_id)
             if job is None:
                 break
             calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job)
@@ -169,7 +179,7 @@ class Dispatcher:
         for worker_id, handle in list(self.workers.items()):
             if worker_id in busy or handle.overrun is not None:
                 continue
-            job = self.tracker.claim_job(worker_id)
+            job = self.claim(worker_id)
             if job is None:
                 return
             if params_ref is None:
@@ -333,7 +343,7 @@ class Dispatcher:
             busy_for = max(busy_for, speed * job.n_batches - (now - call_started[ref]))
         if busy_for < own * self.conf.averaging_frequency:
             return None
-        job = self.tracker.claim_job(worker_id)
+        job = self.claim(worker_id)
         if job is None:
             return None
         ref = handle.actor.train.remote(None, job.to_dict())  # None: go on from its own parameters

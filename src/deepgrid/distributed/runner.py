@@ -28,8 +28,7 @@ from deepgrid.checkpoint import CheckpointWriter, load_latest_checkpoint, load_r
 from deepgrid.config.conf import Conf
 from deepgrid.dashboard.plugin import start_dashboard, stop_dashboard
 from deepgrid.data.dataset import ArrayDataset
-from deepgrid.data.iterators import as_dataset
-from deepgrid.data.mnist import load_splits, training_split
+from deepgrid.data.shards import ShardLayout
 from deepgrid.distributed import engine
 from deepgrid.distributed.callbacks import (
     Callback,
@@ -41,6 +40,7 @@ from deepgrid.distributed.callbacks import (
 )
 from deepgrid.distributed.dispatch import Dispatcher
 from deepgrid.distributed.events import EventLog
+from deepgrid.distributed.locality import attach_shards, epoch_jobs, n_batches, training_data
 from deepgrid.distributed.metrics_file import call_hook
 from deepgrid.distributed.policy import FailurePolicy
 from deepgrid.distributed.progress import RunProgressDisplay
@@ -55,9 +55,9 @@ from deepgrid.distributed.workers import (
 )
 from deepgrid.errors import ClusterError, ConfigError, DataError
 from deepgrid.models.base import Model, Phase
-from deepgrid.state.base import Job, StateTracker, tracker_from_url
+from deepgrid.state.base import StateTracker, tracker_from_url
 from deepgrid.train.logs import install_default_handler
-from deepgrid.train.loop import jobs, validation_loss
+from deepgrid.train.loop import phase_seed, validation_loss
 from deepgrid.train.schedule import RunProgress, run_phases
 
 log = logging.getLogger("deepgrid")
@@ -105,6 +105,7 @@ class ActorNetworkRunner:
         self.ledger: dict[tuple[str, int], dict[int, int]] = {}
         self.tracker_snapshot: dict[str, Any] = {}
         self._worker_hosts: dict[str, str] = {}
+        self.shards: ShardLayout | None = None  # a sharded split the workers read (data.shards)
         self.on_round: Callable[[ActorNetworkRunner], None] | None = None  # called after each round
         self.node_check_every_s = NODE_CHECK_EVERY_S  # how often a round looks for nodes that joined
 
@@ -192,6 +193,7 @@ class ActorNetworkRunner:
         self.group.hosts, self.group.node_check_every_s = self._worker_hosts, self.node_check_every_s
         self.dispatcher = Dispatcher(self.group, tracker, conf, FailurePolicy(min_workers=1), self._say)
         self.dispatcher.pull_jobs = conf.pull_jobs and not self.strategy.lockstep
+        attach_shards(self.shards, self.group, self.dispatcher)
         if accept_workers:
             from deepgrid.distributed.cluster import open_mailbox
 
@@ -209,8 +211,7 @@ class ActorNetworkRunner:
         return self
 
     def _training_data(self, conf: Conf) -> tuple[ArrayDataset, ArrayDataset | None]:
-        data = as_dataset(self.iterator, conf.network.n_in, conf.network.n_out) if self.iterator is not None else load_splits(conf)[0]
-        train, validation = training_split(data, conf)
+        self.shards, data, train, validation = training_data(conf, self.iterator)
         share = len(data) // conf.effective_workers  # each worker's shard of an epoch
         if conf.batch_size > share:
             raise DataError(f"Batch size {conf.batch_size} is larger than a worker's shard ({share} of "
@@ -288,10 +289,10 @@ class ActorNetworkRunner:
         """One epoch on the workers: its jobs in the tracker's queue, rounds until none is left."""
         conf, tracker = self.conf, self.tracker
         tracker.update_run(phase=phase.name, epoch=epoch)
-        order = np.arange(self.train_data.n_batches(conf.batch_size))  # positions: workers know the order
-        tracker.clear_jobs()
-        tracker.enqueue_jobs([Job(phase.name, epoch, i, int(chunk[0]), int(chunk[-1]) + 1)
-                              for i, chunk in enumerate(jobs(order, conf.averaging_frequency)) if i not in skip])
+        tracker.clear_jobs()  # jobs name batch positions: the workers know the order
+        tracker.enqueue_jobs(epoch_jobs(self.shards, self.train_data, phase.name, epoch,
+                                        phase_seed(self.model.conf.seed, phase_index), conf.batch_size,
+                                        conf.averaging_frequency, skip))
         seen, loss_sum = 0, 0.0
         while tracker.pending_jobs() or tracker.in_flight():
             for result in self._round(phase):
@@ -358,7 +359,7 @@ class ActorNetworkRunner:
     def ledger_summary(self) -> list[dict[str, Any]]:
         """Per phase and epoch: how many mini-batches there were, how many were never trained and
         how many more than once (a resumed run retrains the round its master lost)."""
-        n = self.train_data.n_batches(self.conf.batch_size)
+        n = n_batches(self.shards, self.train_data, self.conf.batch_size)
         return [{"phase": phase, "epoch": epoch, "batches": n, "missing": sum(counts.get(i, 0) == 0 for i in range(n)),
                  "repeated": sum(c > 1 for c in counts.values())} for (phase, epoch), counts in self.ledger.items()]
 

@@ -21,6 +21,7 @@ import torch
 
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.mapped import MappedDataset
+from deepgrid.data.shards import ShardLayout, WorkerShards, shard_batch_order, shard_blocks
 from deepgrid.distributed.strategies.base import WorkerPlugin
 from deepgrid.models.base import Model
 from deepgrid.state.base import Job
@@ -82,7 +83,14 @@ class Worker:
         self.model = model_factory().to(device)
         self.batch_size = batch_size
         self.data_digest: str | None = None
-        if isinstance(data, dict):  # a Conf to read the files with
+        self.shards: WorkerShards | None = None
+        if isinstance(data, dict) and isinstance(labels, dict):  # a Conf and a shard layout (data.shards)
+            from deepgrid.config.conf import Conf
+
+            self.shards = WorkerShards(Conf.from_dict(data), ShardLayout.from_dict(labels), device)
+            # Each shard is read at its first job and checked then against the master's digest of it.
+            self.data, self.data_digest = None, self.shards.layout.digest
+        elif isinstance(data, dict):  # a Conf to read the files with
             self.data = load_worker_data(data)
             # The master compares it with its own: every host must train on the same examples.
             self.data_digest = self.data.digest()
@@ -92,7 +100,9 @@ class Worker:
                 # memory; torch warns about read-only memory, and we only ever read it.
                 warnings.simplefilter("ignore", UserWarning)
                 self.data = ArrayDataset(torch.from_numpy(np.asarray(data)), torch.from_numpy(np.asarray(labels)))
-        if isinstance(self.data, MappedDataset):
+        if self.data is None:
+            pass  # shards: nothing read yet
+        elif isinstance(self.data, MappedDataset):
             # Data larger than memory (dataset: npy) stay on disk: each job reads its own batches' rows.
             self.data = self.data.to_device(device)
         else:
@@ -106,6 +116,7 @@ class Worker:
         for phase in self._phase_index:
             self.model.optimizer(phase)
         self._orders: dict[tuple[str, int], torch.Tensor] = {}
+        self._blocks: dict[tuple[str, int, int], tuple[int, torch.Tensor]] = {}  # shard -> (first, order)
         self.job: Job | None = None  # the job being trained: the strategy plugin's hooks may read it
         self.plugin = plugin or WorkerPlugin()  # the training strategy's half in this worker
         self.plugin.setup(self)
@@ -117,8 +128,10 @@ class Worker:
                  "node_id": ray.get_runtime_context().get_node_id()}
         if self.failed is not None:
             return {**where, "error": self.failed}
-        return {**where, "threads": torch.get_num_threads(), "examples": len(self.data),
-                "algorithm": self.model.name, "data_digest": self.data_digest}
+        shards = {} if self.shards is None else {"shards": self.shards.held()}  # what its host holds
+        return {**where, "threads": torch.get_num_threads(), "algorithm": self.model.name,
+                "examples": len(self.data) if self.data is not None else self.shards.examples,
+                "data_digest": self.data_digest, **shards}
 
     def _order(self, phase: str, epoch: int) -> torch.Tensor:
         key = (phase, epoch)
@@ -136,8 +149,11 @@ class Worker:
         if params is not None:
             self.model.set_flat_params(params)
         start = self.model.get_flat_params() if self.plugin.wants_start else None
-        order = self._order(task.phase, task.epoch)
-        batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
+        if task.shard is None:
+            order = self._order(task.phase, task.epoch)
+            batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
+        else:
+            batches = self._shard_batches(task)
         seed_job_noise(self.model.conf.seed, task.phase, task.epoch, task.index)
         self.job = task
         hook = self.plugin.gradient_hook(self, task.phase)
@@ -147,9 +163,26 @@ class Worker:
         finish = getattr(hook, "finish", None)
         if finish is not None:  # a hook's end of the job: e.g. the shared steps other workers still take
             finish()
+        shards = {} if self.shards is None else {"shards": self.shards.held()}
         return {"worker_id": self.worker_id, "job_id": task.id,
                 "update": self.plugin.encode(start, self.model.get_flat_params()),
-                "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started}
+                "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started, **shards}
+
+    def _shard_batches(self, task: Job) -> list[Any]:
+        """A shard-blocked job's batches (its shard read now if this worker has not yet): positions
+        [start, stop) of the epoch lie in its shard's block, whose first position is ``first``."""
+        assert self.shards is not None and task.shard is not None
+        data, counts = self.shards.get(task.shard), self.shards.layout.counts
+        key = (task.phase, task.epoch, task.shard)
+        if key not in self._blocks:
+            seed = phase_seed(self.model.conf.seed, self._phase_index[task.phase])
+            # Only the current epoch's orders are kept: a job of an older epoch is never sent again.
+            self._blocks = {k: v for k, v in self._blocks.items() if k[:2] == key[:2]}
+            first = next(b[1] for b in shard_blocks(counts, self.batch_size, seed, task.epoch) if b[0] == task.shard)
+            self._blocks[key] = (first, shard_batch_order(counts[task.shard], self.batch_size, seed, task.epoch,
+                                                          task.shard))
+        first, order = self._blocks[key]
+        return [data.batch(idx) for idx in order[task.start - first : task.stop - first]]
 
     def plugin_call(self, method: str, *args: Any) -> Any:
         """Run one of the strategy plugin's own methods here (e.g. joining a process group)."""

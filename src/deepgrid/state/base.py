@@ -32,7 +32,8 @@ class Job:
 
     ``start``/``stop`` are positions in that order (stop exclusive), so a job
     names its mini-batches without carrying them; ``attempt`` counts how many
-    times the job was handed back after a failure.
+    times the job was handed back after a failure. ``shard``: the shard file all
+    its batches come from, when the epoch is shard-blocked (deepgrid.data.shards).
     """
 
     phase: str
@@ -41,6 +42,7 @@ class Job:
     start: int
     stop: int
     attempt: int = 0
+    shard: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
@@ -63,7 +65,10 @@ class Job:
         return dataclasses.replace(self, attempt=self.attempt + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.shard is None:  # jobs of unsharded epochs are stored exactly as before shards existed
+            del data["shard"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Job:
@@ -196,12 +201,13 @@ class StateTracker(Protocol):
     def enqueue_jobs(self, jobs: Iterable[Job]) -> None:
         """Append jobs to the back of the pending queue, in order."""
 
-    def claim_job(self, worker_id: str) -> Job | None:
+    def claim_job(self, worker_id: str, shards: Iterable[int] | None = None) -> Job | None:
         """Atomically pop the next pending job and record it as the worker's.
 
         None if nothing is pending or the worker is unknown or disabled. A worker
         holds one job at a time: claiming again returns the job it already holds,
-        so a retried call never loses a job.
+        so a retried call never loses a job. With ``shards``: the first pending job
+        whose ``shard`` is one of them (the others keep their places), else None.
         """
 
     def complete_job(self, worker_id: str, job_id: str, n_samples: int, loss: float | None) -> bool:

@@ -91,7 +91,8 @@ class MemoryStateTracker:
         with self._lock:
             self._queue.extend(jobs)
 
-    def claim_job(self, worker_id: str) -> Job | None:
+    def claim_job(self, worker_id: str, shards: Iterable[int] | None = None) -> Job | None:
+        wanted = None if shards is None else set(shards)
         with self._lock:
             worker = self._workers.get(worker_id)
             if worker is None or not worker.enabled:
@@ -100,8 +101,15 @@ class MemoryStateTracker:
                 return worker.job
             if not self._queue:
                 return None
-            worker.job = self._queue.popleft()
-            return worker.job
+            if wanted is None:
+                worker.job = self._queue.popleft()
+                return worker.job
+            for position, job in enumerate(self._queue):
+                if job.shard is not None and job.shard in wanted:
+                    del self._queue[position]
+                    worker.job = job
+                    return job
+            return None
 
     def complete_job(self, worker_id: str, job_id: str, n_samples: int, loss: float | None) -> bool:
         with self._lock:

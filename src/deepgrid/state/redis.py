@@ -117,6 +117,7 @@ class RedisStateTracker:
         self._rpush_once = r.register_script(scripts.RPUSH_ONCE)
         self._set_if_worker = r.register_script(scripts.SET_IF_WORKER)
         self._claim = r.register_script(scripts.CLAIM)
+        self._claim_shard = r.register_script(scripts.CLAIM_SHARD)
         self._complete = r.register_script(scripts.COMPLETE)
         self._release = r.register_script(scripts.RELEASE)
         self._remove = r.register_script(scripts.REMOVE)
@@ -209,9 +210,13 @@ class RedisStateTracker:
             keys = [self._once(), self._keys.queue]
             self._call("enqueue jobs", lambda: self._rpush_once(keys, [self._ttl(), *items]))
 
-    def claim_job(self, worker_id: str) -> Job | None:
+    def claim_job(self, worker_id: str, shards: Iterable[int] | None = None) -> Job | None:
         keys = [self._keys.worker(worker_id), self._keys.queue]
-        out = self._call(f"hand a job to {worker_id!r}", lambda: self._claim(keys))
+        if shards is None:
+            out = self._call(f"hand a job to {worker_id!r}", lambda: self._claim(keys))
+        else:
+            wanted = [str(int(shard)) for shard in shards]
+            out = self._call(f"hand a job to {worker_id!r}", lambda: self._claim_shard(keys, wanted))
         return Job.from_dict(json.loads(out)) if out else None
 
     def complete_job(self, worker_id: str, job_id: str, n_samples: int, loss: float | None) -> bool:

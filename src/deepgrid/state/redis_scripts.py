@@ -46,6 +46,25 @@ redis.call('HSET', KEYS[1], 'job', job, 'job_id', cjson.decode(job).id)
 return job
 """
 
+# KEYS: worker, queue; ARGV: shard numbers. As CLAIM, but the first pending job whose shard is one
+# of ARGV (removed from where it stands: a job's JSON is unique, its id is in it), else false.
+CLAIM_SHARD = """
+if redis.call('HGET', KEYS[1], 'enabled') ~= '1' then return false end
+local held = redis.call('HGET', KEYS[1], 'job')
+if held then return held end
+local wanted = {}
+for i = 1, #ARGV do wanted[ARGV[i]] = true end
+for _, item in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  local job = cjson.decode(item)
+  if type(job.shard) == 'number' and wanted[string.format('%d', job.shard)] then
+    redis.call('LREM', KEYS[2], 1, item)
+    redis.call('HSET', KEYS[1], 'job', item, 'job_id', job.id)
+    return item
+  end
+end
+return false
+"""
+
 # KEYS: once, worker, ledger, run; ARGV: ttl, job_id, n_samples, loss JSON, now.
 COMPLETE = _ONCE_HEAD + """
 local answer = '0'

@@ -10,7 +10,7 @@ key and ETag and builds the local directory a reader of data files needs. Run ch
 
 import os
 
-from deepgrid.storage.cache import cache_root, fetch_object, local_view
+from deepgrid.storage.cache import cache_root, fetch_object, is_cached, local_view, object_path
 from deepgrid.storage.s3 import (
     S3Object,
     S3Store,
@@ -29,9 +29,11 @@ __all__ = [
     "cache_root",
     "check_region",
     "fetch_object",
+    "is_cached",
     "is_s3",
     "local_dir",
     "local_view",
+    "object_path",
     "parse_s3_url",
     "s3_client",
     "s3_errors",

@@ -36,14 +36,26 @@ def _safe_parts(key: str) -> list[str]:
     return [part for part in key.split("/") if part not in ("", ".", "..")]
 
 
-def fetch_object(store: S3Store, obj: S3Object, bucket: str, root: Path | None = None) -> Path:
-    """The local copy of ``obj`` (downloaded unless the cache holds this ETag already)."""
+def object_path(obj: S3Object, bucket: str, root: Path | None = None) -> Path:
+    """Where the cache keeps (or would keep) this version (ETag) of ``obj``."""
     root = root if root is not None else cache_root()
     parts = _safe_parts(obj.key)
     folder = root.joinpath("objects", bucket, *parts, _UNSAFE.sub("_", obj.etag) or "no-etag")
-    target = folder / (parts[-1] if parts else "object")
-    if target.is_file() and target.stat().st_size == obj.size:
+    return folder / (parts[-1] if parts else "object")
+
+
+def is_cached(obj: S3Object, bucket: str, root: Path | None = None) -> bool:
+    """Whether this host's cache holds this version of ``obj`` whole (nothing is downloaded)."""
+    target = object_path(obj, bucket, root)
+    return target.is_file() and target.stat().st_size == obj.size
+
+
+def fetch_object(store: S3Store, obj: S3Object, bucket: str, root: Path | None = None) -> Path:
+    """The local copy of ``obj`` (downloaded unless the cache holds this ETag already)."""
+    target = object_path(obj, bucket, root)
+    if is_cached(obj, bucket, root):
         return target
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
     os.close(fd)

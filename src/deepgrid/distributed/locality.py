@@ -1,0 +1,117 @@
+"""Shard locality for the master (issue 12): jobs cut per shard, and which host trains which shard.
+
+With a sharded training split read by the workers themselves (:mod:`deepgrid.data.shards`), each
+epoch's jobs are cut within shard blocks (``Job.shard``), and the dispatcher hands them out
+Hadoop-style through a :class:`ShardHomes` map: a worker first takes jobs of the shards its host
+already holds, then a shard no host holds yet (which becomes its host's home shard), and only then
+any job (stealing: its host downloads that shard too), so nobody idles while jobs are pending. A
+host whose workers are all gone loses its shards, and the others adopt them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from deepgrid.config.conf import Conf
+from deepgrid.data.dataset import ArrayDataset
+from deepgrid.data.iterators import as_dataset
+from deepgrid.data.mnist import load_splits, training_split
+from deepgrid.data.shards import ShardLayout, master_shards, shard_blocks
+from deepgrid.state.base import Job, StateTracker
+from deepgrid.train.loop import jobs
+
+
+def training_data(conf: Conf, iterator: Any) -> tuple[ShardLayout | None, ArrayDataset, ArrayDataset,
+                                                     ArrayDataset | None]:
+    """The master's (shard layout or None, data, training examples, validation examples or None):
+    a sharded split the workers read themselves, else the fed or loaded data split as always."""
+    sharded = master_shards(conf) if iterator is None else None
+    if sharded is not None:
+        layout, train, validation = sharded
+        return layout, train, train, validation
+    data = as_dataset(iterator, conf.network.n_in, conf.network.n_out) if iterator is not None else load_splits(conf)[0]
+    return (None, data, *training_split(data, conf))
+
+
+def epoch_jobs(layout: ShardLayout | None, data: ArrayDataset, phase: str, epoch: int, seed: int,
+               batch_size: int, job_size: int, skip: set[int]) -> list[Job]:
+    """The epoch's jobs, those in ``skip`` (trained before a resume) left out. Without a layout:
+    even slices of the epoch's batch positions (the order itself the workers know). With one:
+    the same even cut within each shard's block, so that no job straddles two shards."""
+    if layout is None:
+        order = np.arange(data.n_batches(batch_size))
+        return [Job(phase, epoch, i, int(chunk[0]), int(chunk[-1]) + 1)
+                for i, chunk in enumerate(jobs(order, job_size)) if i not in skip]
+    cut: list[Job] = []
+    index = 0
+    for shard, start, stop in shard_blocks(layout.counts, batch_size, seed, epoch):
+        for chunk in jobs(np.arange(start, stop), job_size):
+            if index not in skip:
+                cut.append(Job(phase, epoch, index, int(chunk[0]), int(chunk[-1]) + 1, shard=shard))
+            index += 1
+    return cut
+
+
+def n_batches(layout: ShardLayout | None, data: ArrayDataset, batch_size: int) -> int:
+    """Mini-batches per epoch (the ledger's length)."""
+    return layout.n_batches(batch_size) if layout is not None else data.n_batches(batch_size)
+
+
+class ShardHomes:
+    """shard -> its home host (the first to take it), and every shard each host holds."""
+
+    def __init__(self, shards: Iterable[int]) -> None:
+        self.shards = sorted(shards)
+        self.home: dict[int, str] = {}
+        self.held: dict[str, set[int]] = {}
+
+    def claim(self, tracker: StateTracker, worker_id: str, host: str, live_hosts: Iterable[str]) -> Job | None:
+        """A job for ``worker_id`` on ``host``: its host's shards first, then a homeless shard
+        (now its host's), then any (stolen). ``live_hosts``: the hosts that still have workers."""
+        self.forget_others(live_hosts)
+        held = self.held.get(host)
+        if held:
+            job = tracker.claim_job(worker_id, sorted(held))
+            if job is not None:
+                return self._took(job, host)
+        homeless = [s for s in self.shards if s not in self.home]
+        if homeless:
+            job = tracker.claim_job(worker_id, homeless)
+            if job is not None:
+                return self._took(job, host)
+        return self._took(tracker.claim_job(worker_id), host)
+
+    def _took(self, job: Job | None, host: str) -> Job | None:
+        if job is not None and job.shard is not None:
+            self.home.setdefault(job.shard, host)
+            self.held.setdefault(host, set()).add(job.shard)
+        return job
+
+    def forget_others(self, live_hosts: Iterable[str]) -> None:
+        """Hosts not in ``live_hosts`` (dropped) hold nothing any more: their shards are homeless."""
+        live = set(live_hosts)
+        for host in [h for h in self.held if h not in live]:
+            del self.held[host]
+        self.home = {shard: host for shard, host in self.home.items() if host in live}
+
+    def by_host(self) -> dict[str, list[int]]:
+        return {host: sorted(shards) for host, shards in self.held.items()}
+
+
+def worker_host(hosts: Mapping[str, str], worker_id: str) -> str:
+    """A worker's machine (its address as the group recorded it), or the worker itself if unknown."""
+    return hosts.get(worker_id) or worker_id
+
+
+def attach_shards(layout: ShardLayout | None, group: Any, dispatcher: Any) -> None:
+    """Give the workers the layout (they read their shards themselves, lazily) and the dispatcher
+    its home map. Called before the mailbox opens: hosts that join get the same worker spec."""
+    if layout is None:
+        return
+    conf_dict, _ = group.spec.data_args
+    group.spec = dataclasses.replace(group.spec, data_args=(conf_dict, layout.to_dict()))
+    dispatcher.homes = ShardHomes(range(len(layout.counts)))

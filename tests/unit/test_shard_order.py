@@ -1,0 +1,168 @@
+"""Shard-blocked epochs (issue 12): the order, the jobs cut per shard, the home map, and
+``claim_job(worker_id, shards)`` on every tracker (memory, and Redis on a real redis-server)."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from deepgrid.data.dataset import ArrayDataset
+from deepgrid.data.shards import ShardLayout, shard_batch_order, shard_blocks
+from deepgrid.distributed.locality import ShardHomes, epoch_jobs, n_batches
+from deepgrid.state import Job, MemoryStateTracker
+from tests.redis_server import RedisServer, require_redis_server
+
+COUNTS = (50, 35, 64, 20, 41)  # a shard smaller than a batch too (20 < 24)
+B, JOB = 8, 3
+
+
+def layout(counts: tuple[int, ...] = COUNTS) -> ShardLayout:
+    return ShardLayout(tuple(f"train-{i:05d}.npz" for i in range(len(counts))), counts, counts,
+                       ("d",) * len(counts), "all")
+
+
+def test_blocks_cover_the_epoch_in_a_seeded_shard_order() -> None:
+    blocks = shard_blocks(COUNTS, B, seed=3, epoch=0)
+    assert [b[1] for b in blocks] == [0] + [b[2] for b in blocks[:-1]]  # end to end, from 0
+    assert {b[0]: b[2] - b[1] for b in blocks} == {s: c // B for s, c in enumerate(COUNTS)}
+    assert blocks == shard_blocks(COUNTS, B, seed=3, epoch=0)  # every host computes the same
+    orders = {tuple(b[0] for b in shard_blocks(COUNTS, B, seed=3, epoch=e)) for e in range(8)}
+    assert len(orders) > 1  # the shards come in another order in other epochs
+    assert sorted(b[0] for b in shard_blocks((3, 30), B, 0, 0)) == [1]  # a shard under a batch: none
+
+
+def test_examples_are_shuffled_within_their_shard_only() -> None:
+    order = shard_batch_order(41, B, seed=3, epoch=1, shard=4)
+    assert order.shape == (5, B)
+    assert len(set(order.flatten().tolist())) == 40 and int(order.max()) < 41
+    assert not torch.equal(order, shard_batch_order(41, B, seed=3, epoch=2, shard=4))
+    assert torch.equal(order, shard_batch_order(41, B, seed=3, epoch=1, shard=4))
+
+
+def test_jobs_never_straddle_shards_and_cover_every_batch_once() -> None:
+    plan = layout()
+    data = ArrayDataset(torch.zeros(sum(COUNTS), 2), torch.zeros(sum(COUNTS), dtype=torch.int64))
+    cut = epoch_jobs(plan, data, "finetune", 2, 7, B, JOB, set())
+    blocks = {s: (a, b) for s, a, b in shard_blocks(COUNTS, B, 7, 2)}
+    covered = Counter()
+    for job in cut:
+        first, end = blocks[job.shard]
+        assert first <= job.start < job.stop <= end and job.n_batches <= JOB
+        covered.update(range(job.start, job.stop))
+    assert covered == Counter(range(n_batches(plan, data, B)))
+    assert [job.index for job in cut] == list(range(len(cut)))
+    resumed = epoch_jobs(plan, data, "finetune", 2, 7, B, JOB, {0, 2})
+    assert [job.index for job in resumed] == [i for i in range(len(cut)) if i not in (0, 2)]
+    assert resumed == [job for job in cut if job.index not in (0, 2)]
+
+
+def test_without_a_layout_the_jobs_are_todays() -> None:
+    data = ArrayDataset(torch.zeros(100, 2), torch.zeros(100, dtype=torch.int64))
+    cut = epoch_jobs(None, data, "finetune", 0, 7, 10, 4, {1})
+    assert [(j.index, j.start, j.stop, j.shard) for j in cut] == [(0, 0, 4, None), (2, 7, 10, None)]
+    assert "shard" not in cut[0].to_dict()  # stored exactly as before shards existed
+    assert Job.from_dict(Job("f", 0, 0, 0, 2, shard=3).to_dict()).shard == 3
+
+
+def test_layout_travels_as_json() -> None:
+    import json
+
+    plan = ShardLayout(("a", "b"), (3, 4), (2, 3), ("x", "y"), "z", (("k/a", 10, "e1"), ("k/b", 12, "e2")))
+    assert ShardLayout.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert plan.n_batches(2) == 2
+
+
+# -- the home map -------------------------------------------------------------------------------
+def queue(tracker: object, shards: list[int], per_shard: int = 2) -> None:
+    jobs, index = [], 0
+    for shard in shards:
+        for _ in range(per_shard):
+            jobs.append(Job("finetune", 0, index, index, index + 1, shard=shard))
+            index += 1
+    tracker.enqueue_jobs(jobs)  # type: ignore[attr-defined]
+
+
+def test_home_map_keeps_shards_on_their_host_then_steals_and_adopts() -> None:
+    tracker = MemoryStateTracker()
+    for worker in ("a1", "b1"):
+        tracker.add_worker(worker, {})
+    homes = ShardHomes(range(4))
+    queue(tracker, [0, 1, 2, 3])
+    live = {"A", "B"}
+
+    def take(worker: str, host: str) -> int | None:
+        job = homes.claim(tracker, worker, host, live)
+        if job is None:
+            return None
+        tracker.complete_job(worker, job.id, 1, 0.0)
+        return job.shard
+
+    assert take("a1", "A") == 0 and take("b1", "B") == 1  # homeless shards: each host its own
+    assert take("a1", "A") == 0 and take("b1", "B") == 1  # then its own first
+    assert take("a1", "A") == 2 and take("b1", "B") == 3
+    assert take("a1", "A") == 2 and take("b1", "B") == 3
+    assert homes.home == {0: "A", 1: "B", 2: "A", 3: "B"} and tracker.pending_jobs() == 0
+    queue(tracker, [3, 3, 1, 0], per_shard=1)  # the next epoch: B's shards first in the queue
+    assert take("a1", "A") == 0  # A skips B's jobs for its own
+    assert take("a1", "A") == 3  # nothing of A's left: it steals (its host holds shard 3 from now on)
+    assert homes.by_host()["A"] == [0, 2, 3] and homes.home[3] == "B"
+    assert take("b1", "B") == 3 and take("b1", "B") == 1 and take("b1", "B") is None
+    queue(tracker, [1, 3], per_shard=1)
+    live = {"A"}  # host B is gone: A adopts its shards
+    assert take("a1", "A") == 3  # the shards its host holds before the others
+    assert take("a1", "A") == 1 and homes.home == dict.fromkeys(range(4), "A") and "B" not in homes.by_host()
+
+
+# -- claim_job(worker_id, shards) on every tracker ---------------------------------------------
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    require_redis_server()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+def tracker(request):
+    if request.param == "memory":
+        t = MemoryStateTracker()
+    else:
+        from deepgrid.state.redis import RedisStateTracker
+
+        server = request.getfixturevalue("redis_server")
+        t = RedisStateTracker(server.url, job_name=f"test-{uuid.uuid4().hex[:12]}", fresh=True)
+    yield t
+    if request.param == "redis":
+        t.purge()
+    t.close()
+
+
+def test_claim_with_shards_takes_the_first_matching_job_and_leaves_the_rest(tracker) -> None:
+    tracker.add_worker("w1", {"host": "h"})
+    tracker.add_worker("w2", {"host": "h"})
+    tracker.enqueue_jobs([Job("f", 0, 0, 0, 1, shard=2), Job("f", 0, 1, 1, 2, shard=5),
+                          Job("f", 0, 2, 2, 3, shard=2), Job("f", 0, 3, 3, 4)])
+    assert tracker.claim_job("w1", [7]) is None and tracker.pending_jobs() == 4  # nothing of shard 7
+    assert tracker.claim_job("w1", []) is None
+    job = tracker.claim_job("w1", {5, 9})
+    assert (job.index, job.shard) == (1, 5) and tracker.pending_jobs() == 3
+    assert tracker.claim_job("w1", [2]) == job  # a worker holds one job: a retried claim returns it
+    assert tracker.in_flight()["w1"] == job
+    assert tracker.complete_job("w1", job.id, 4, 0.5)
+    assert tracker.trained_batches("f", 0) == {1: 1}
+    assert tracker.claim_job("w2", [2]).index == 0
+    tracker.release_job("w2")  # back to the front, shard kept
+    again = tracker.claim_job("w1", [2])
+    assert (again.index, again.shard, again.attempt) == (0, 2, 1)
+    assert tracker.claim_job("w2").index == 2  # without shards: the queue's order, as always
+    tracker.complete_job("w1", again.id, 4, 0.5)
+    last = tracker.claim_job("w1")
+    assert last.shard is None and last.index == 3
+    tracker.set_enabled("w2", False)
+    tracker.complete_job("w2", "f/0/2", 4, 0.5)
+    tracker.enqueue_jobs([Job("f", 0, 4, 4, 5, shard=1)])
+    assert tracker.claim_job("w2", [1]) is None  # disabled: nothing, with or without shards
+    assert np.array_equal(sorted(tracker.trained_batches("f", 0)), [0, 1, 2])
