@@ -105,8 +105,12 @@ class Page:
         self.process = subprocess.Popen([sys.executable, __file__, "--poll", url], stdout=subprocess.PIPE, text=True)
         self.process.stdout.readline()  # started and polled once: training starts after that
         self.polls = self.errors = 0
+        self.cpu_s = 0.0  # the page's process, user + system, read when it stops
 
     def stop(self) -> None:
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        self.cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         self.process.terminate()
         out, _ = self.process.communicate(timeout=30)
         self.polls, self.errors = out.count("poll"), out.count("error")  # while training
@@ -244,7 +248,7 @@ def interleaved(train: Any, epochs: int, block: int, metrics_file: bool, watch: 
             if max(blocks[j]["others_cpu"] for j in (i - 1, i, i + 1)) < QUIET_CPUS:
                 quiet.append(ratio)
     return {"blocks": blocks, "ratios": ratios, "quiet_ratios": quiet, "samples_per_s": runner.samples_per_s,
-            "polls": page.polls}
+            "polls": page.polls, "page_cpu_s": page.cpu_s}
 
 
 def bootstrap_ci(values: list[float], n: int = 10_000, seed: int = 0) -> tuple[float, float]:
@@ -280,7 +284,9 @@ def report_interleaved(result: dict[str, Any]) -> None:
     cpu_on = sum(b["dashboard_cpu_s"] for b in on) / sum(b["seconds"] for b in on)
     cpu_off = sum(b["dashboard_cpu_s"] for b in off) / sum(b["seconds"] for b in off)
     print(f"the dashboard's threads used, of one CPU: {100 * cpu_on:.2f}% in on blocks, "
-          f"{100 * cpu_off:.2f}% in off blocks (idle server thread)")
+          f"{100 * cpu_off:.2f}% in off blocks (idle server thread); the page's process (the browser's "
+          f"part, on the same 2 cores here) {100 * result['page_cpu_s'] / sum(b['seconds'] for b in on):.2f}% "
+          "in on blocks")
     print(json.dumps({"summary": summary, "dashboard_cpu_share_on": cpu_on, "dashboard_cpu_share_off": cpu_off, **result}))
 
 
