@@ -166,3 +166,45 @@ def test_claim_with_shards_takes_the_first_matching_job_and_leaves_the_rest(trac
     tracker.enqueue_jobs([Job("f", 0, 4, 4, 5, shard=1)])
     assert tracker.claim_job("w2", [1]) is None  # disabled: nothing, with or without shards
     assert np.array_equal(sorted(tracker.trained_batches("f", 0)), [0, 1, 2])
+
+
+# -- the master's layout and a worker's lazy shards (local files) ------------------------------
+def sharded_dir(tmp_path, sizes=(30, 25, 40, 35)) -> dict:
+    from tests.source_files import N_CLASSES, N_IN, blobs
+
+    x, y = blobs(sum(sizes), 5)
+    bounds = np.cumsum((0, *sizes))
+    for index in range(len(sizes)):
+        rows = slice(bounds[index], bounds[index + 1])
+        np.savez(tmp_path / f"train-{index:05d}.npz", x=x[rows], y=y[rows])
+    return dict(model="mlp", dataset="npz", data_dir=str(tmp_path), data_feed="files",
+                network=dict(n_in=N_IN, n_out=N_CLASSES))
+
+
+def test_master_layout_honours_train_limit_and_validation_and_workers_read_alike(tmp_path) -> None:
+    from deepgrid.config.conf import Conf
+    from deepgrid.data.shards import WorkerShards, master_shards
+
+    conf = Conf(**sharded_dir(tmp_path), train_limit=80, validation_fraction=0.2)
+    plan, train, validation = master_shards(conf)
+    assert plan.names == ("train-00000.npz", "train-00001.npz", "train-00002.npz")  # the limit ends in the 3rd
+    assert plan.keep == (30, 25, 25) and plan.counts == (24, 20, 20)  # 20% of each shard held out
+    assert len(train) == 64 and len(validation) == 16 and plan.digest == train.digest()
+    worker = WorkerShards(conf, ShardLayout.from_dict(plan.to_dict()))
+    assert worker.held() == []
+    assert worker.get(2).digest() == plan.digests[2] and worker.held() == [2]  # read at its first use only
+    assert torch.equal(torch.cat([worker.get(s).x for s in range(3)]), train.x)
+    assert master_shards(conf.replace(data_feed="object_store")) is None  # today's whole-split path
+
+
+def test_a_shard_that_differs_from_the_masters_is_one_line(tmp_path) -> None:
+    from deepgrid.config.conf import Conf
+    from deepgrid.data.shards import WorkerShards, master_shards
+    from deepgrid.errors import DataError
+
+    conf = Conf(**sharded_dir(tmp_path))
+    plan, _, _ = master_shards(conf)
+    with np.load(tmp_path / "train-00001.npz") as arrays:
+        np.savez(tmp_path / "train-00001.npz", x=arrays["x"] + 1, y=arrays["y"])
+    with pytest.raises(DataError, match="train-00001.npz on host .* other examples than the master's"):
+        WorkerShards(conf, plan).get(1)
