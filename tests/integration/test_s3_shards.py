@@ -9,6 +9,11 @@ to a sound accuracy (root only: tests/netns.py).
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,14 +139,11 @@ def shards_held(home: Path) -> list[str]:
     return sorted(folder.name for folder in objects.glob("train-*") if any(folder.glob("*/train-*")))
 
 
-def test_two_worker_hosts_each_download_only_their_own_shards(tmp_path: Path) -> None:
-    """(b) moto and the master on one host, two worker hosts with their own HOME and DEEPGRID_HOME:
-    each worker host's cache holds some of the shards and never all, together all of them, and the
-    run trains to a sound accuracy with every mini-batch of every epoch trained once."""
-    import json
-    import subprocess
-    import sys
-
+def run_on_hosts(tmp_path: Path, epochs: int = 4,
+                 during: Callable[[Any, Any], None] | None = None) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """moto and `deepgrid master` on one host, `deepgrid worker` on hosts w1 and w2 (their own HOME
+    and DEEPGRID_HOME); ``during(net, log)`` runs while the master trains. Returns the master's
+    --json result and the shards each worker host's cache holds at the end."""
     from tests.helpers import missing_server
     from tests.integration.test_hosts import DEEPGRID, PORT, Lines, finish, wait_token
     from tests.netns import Network, unavailable
@@ -170,27 +172,52 @@ def test_two_worker_hosts_each_download_only_their_own_shards(tmp_path: Path) ->
         conf = tmp_path / "conf.yaml"
         conf.write_text(json.dumps(dict(
             model="mlp", job_name="shards", dataset="npz", data_dir=f"s3://{BUCKET}/shards", data_feed="files",
-            batch_size=16, averaging_frequency=4, epochs=4, pull_jobs=False,
+            batch_size=16, averaging_frequency=4, epochs=epochs, pull_jobs=False,
             network=mlp_network(n_in=N_IN, n_out=N_CLASSES))))
         run = master.popen(DEEPGRID + ["master", str(conf), "--bind", master.address, "--json", "--min-workers", "2",
                                        "-o", str(tmp_path / "model")], env=aws,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         log = Lines(run.stderr)
         token = wait_token(master)
-        workers = [net.hosts[name].popen(DEEPGRID + ["worker", "-ad", f"{master.address}:{PORT}", "-a", "mlp",
-                                                     "--workers", "1", "--token-file", str(token)], env=aws,
-                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("w1", "w2")]
+        for name in ("w1", "w2"):
+            net.hosts[name].popen(DEEPGRID + ["worker", "-ad", f"{master.address}:{PORT}", "-a", "mlp", "--workers",
+                                              "1", "--token-file", str(token)], env=aws,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if during is not None:
+            during(net, log)
         code, out, _ = finish(run, 400)
         log.join()
         assert code == 0, log.text()[-4000:]
-        for worker in workers:
-            worker_code, _, worker_err = finish(worker, 60)
-            assert worker_code == 0, worker_err[-2000:]
         held = {name: shards_held(net.hosts[name].home) for name in ("w1", "w2")}
     result = json.loads(out.strip().splitlines()[-1])
     print(f"\nshards held by host: {held}; jobs by host: {result['jobs_by_host']}; "
           f"accuracy {result['test_accuracy']}")
-    assert all(0 < len(shards) < N_SHARDS for shards in held.values()), held
-    assert set(held["w1"]) | set(held["w2"]) == {f"train-{i:05d}.npz" for i in range(N_SHARDS)}, held
     assert all(epoch["missing"] == 0 and epoch["repeated"] == 0 for epoch in result["ledger"]), result["ledger"]
     assert result["test_accuracy"] > 0.9, result
+    return result, held
+
+
+ALL_SHARDS = [f"train-{i:05d}.npz" for i in range(N_SHARDS)]
+
+
+def test_two_worker_hosts_each_download_only_their_own_shards(tmp_path: Path) -> None:
+    """(b) Each worker host's cache holds some of the shards and never all, together all of them;
+    the run trains to a sound accuracy with every mini-batch of every epoch trained once."""
+    _, held = run_on_hosts(tmp_path)
+    assert all(0 < len(shards) < N_SHARDS for shards in held.values()), held
+    assert sorted(set(held["w1"]) | set(held["w2"])) == ALL_SHARDS, held
+
+
+def test_a_killed_host_s_shards_are_adopted_and_no_batch_is_lost(tmp_path: Path) -> None:
+    """(b) Host w2 killed (every process) in the second epoch: host w1 adopts its shards (its cache
+    ends with all of them) and every mini-batch of every epoch is still trained exactly once."""
+    from tests.integration.test_hosts import worker_ids_of
+
+    def kill_w2(net: Any, log: Any) -> None:
+        log.wait_for(r"finetune epoch 1/")
+        net.kill("w2")
+        log.wait_for(rf"worker {re.escape(worker_ids_of(log, net.hosts['w2'].address)[0])} .*(dropped|re-queued)")
+
+    result, held = run_on_hosts(tmp_path, epochs=5, during=kill_w2)
+    assert held["w1"] == ALL_SHARDS, held
+    assert 0 < len(held["w2"]) < N_SHARDS, held
