@@ -172,7 +172,7 @@ def run_on_hosts(tmp_path: Path, epochs: int = 4,
         conf = tmp_path / "conf.yaml"
         conf.write_text(json.dumps(dict(
             model="mlp", job_name="shards", dataset="npz", data_dir=f"s3://{BUCKET}/shards", data_feed="files",
-            batch_size=16, averaging_frequency=4, epochs=epochs, pull_jobs=False,
+            batch_size=16, averaging_frequency=4, epochs=epochs,
             network=mlp_network(n_in=N_IN, n_out=N_CLASSES))))
         run = master.popen(DEEPGRID + ["master", str(conf), "--bind", master.address, "--json", "--min-workers", "2",
                                        "-o", str(tmp_path / "model")], env=aws,

@@ -108,6 +108,7 @@ def test_home_map_keeps_shards_on_their_host_then_steals_and_adopts() -> None:
     assert homes.home == {0: "A", 1: "B", 2: "A", 3: "B"} and tracker.pending_jobs() == 0
     queue(tracker, [3, 3, 1, 0], per_shard=1)  # the next epoch: B's shards first in the queue
     assert take("a1", "A") == 0  # A skips B's jobs for its own
+    assert homes.claim(tracker, "a1", "A", live, steal=False) is None  # a pulled job is never stolen
     assert take("a1", "A") == 3  # nothing of A's left: it steals (its host holds shard 3 from now on)
     assert homes.by_host()["A"] == [0, 2, 3] and homes.home[3] == "B"
     assert take("b1", "B") == 3 and take("b1", "B") == 1 and take("b1", "B") is None

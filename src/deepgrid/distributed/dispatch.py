@@ -45,13 +45,14 @@ class Dispatcher:
         self._seen: dict[str, float] = {}
         self.homes: ShardHomes | None = None  # shard-blocked epochs: which host trains which shard
 
-    def claim(self, worker_id: str) -> Job | None:
-        """The next job for ``worker_id``: with shards, one of its host's first (locality.ShardHomes)."""
+    def claim(self, worker_id: str, steal: bool = True) -> Job | None:
+        """The next job for ``worker_id``: with shards, one of its host's first (locality.ShardHomes),
+        another host's only with ``steal``."""
         if self.homes is None:
             return self.tracker.claim_job(worker_id)
         hosts = self.group.hosts
         return self.homes.claim(self.tracker, worker_id, worker_host(hosts, worker_id),
-                                {worker_host(hosts, w) for w in self.workers})
+                                {worker_host(hosts, w) for w in self.workers}, steal)
 
     @property
     def workers(self) -> dict:
@@ -72,10 +73,7 @@ class Dispatcher:
             return None
         params_ref = ray.put(params)  # one copy in the object store, read by every worker
         calls: dict[Any, tuple[str, Job]] = {}
-        for worker_id, handle in free:
-            job = self.claim(worker_id)
-            if job is None:
-                break
+        for worker_id, handle, job in self._hand_out(free):
             calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job)
         if not calls:  # jobs are pending (the caller checked) yet none could be handed out
             raise ClusterError(f"The state tracker holds {tracker.pending_jobs()} pending job(s) but handed none "
@@ -121,6 +119,22 @@ class Dispatcher:
         for ref in pending:  # past the deadline: the job moves on, the worker may stay
             self._overran(ref, calls[ref], deadline, seen)
         return results
+
+    def _hand_out(self, free: list[tuple[str, Any]]) -> list[tuple[str, Any, Job]]:
+        """A job for each free worker while jobs last. With shards, every worker first takes one of
+        its own host's (or a homeless shard's), and only then may the ones left without steal: so
+        that none takes the job a shard's own host would have trained in this same round."""
+        handed: dict[str, tuple[str, Any, Job]] = {}
+        for steal in (False, True) if self.homes is not None else (True,):
+            for worker_id, handle in free:
+                if worker_id in handed:
+                    continue
+                job = self.claim(worker_id, steal)
+                if job is None and steal:
+                    break  # no job left at all
+                if job is not None:
+                    handed[worker_id] = (worker_id, handle, job)
+        return list(handed.values())
 
     def run_async(self, current: Callable[[], tuple[np.ndarray, int]], apply: Callable[[JobResult], None],
                   quota: int) -> list[JobResult] | None:
@@ -343,7 +357,7 @@ class Dispatcher:
             busy_for = max(busy_for, speed * job.n_batches - (now - call_started[ref]))
         if busy_for < own * self.conf.averaging_frequency:
             return None
-        job = self.claim(worker_id)
+        job = self.claim(worker_id, steal=False)
         if job is None:
             return None
         ref = handle.actor.train.remote(None, job.to_dict())  # None: go on from its own parameters

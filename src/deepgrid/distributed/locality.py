@@ -4,8 +4,10 @@ With a sharded training split read by the workers themselves (:mod:`deepgrid.dat
 epoch's jobs are cut within shard blocks (``Job.shard``), and the dispatcher hands them out
 Hadoop-style through a :class:`ShardHomes` map: a worker first takes jobs of the shards its host
 already holds, then a shard no host holds yet (which becomes its host's home shard), and only then
-any job (stealing: its host downloads that shard too), so nobody idles while jobs are pending. A
-host whose workers are all gone loses its shards, and the others adopt them.
+any job (stealing: its host downloads that shard too), so no worker idles through a round while
+jobs are pending. A job pulled beside a round (a worker done while another is still busy) is never
+stolen: the shard's own host is about to be free, and a few batches gained are not worth a shard
+moved. A host whose workers are all gone loses its shards, and the others adopt them.
 """
 
 from __future__ import annotations
@@ -69,9 +71,10 @@ class ShardHomes:
         self.home: dict[int, str] = {}
         self.held: dict[str, set[int]] = {}
 
-    def claim(self, tracker: StateTracker, worker_id: str, host: str, live_hosts: Iterable[str]) -> Job | None:
+    def claim(self, tracker: StateTracker, worker_id: str, host: str, live_hosts: Iterable[str],
+              steal: bool = True) -> Job | None:
         """A job for ``worker_id`` on ``host``: its host's shards first, then a homeless shard
-        (now its host's), then any (stolen). ``live_hosts``: the hosts that still have workers."""
+        (now its host's), then (``steal``) any. ``live_hosts``: the hosts that still have workers."""
         self.forget_others(live_hosts)
         held = self.held.get(host)
         if held:
@@ -83,7 +86,7 @@ class ShardHomes:
             job = tracker.claim_job(worker_id, homeless)
             if job is not None:
                 return self._took(job, host)
-        return self._took(tracker.claim_job(worker_id), host)
+        return self._took(tracker.claim_job(worker_id), host) if steal else None
 
     def _took(self, job: Job | None, host: str) -> Job | None:
         if job is not None and job.shard is not None:
