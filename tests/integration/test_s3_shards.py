@@ -21,10 +21,12 @@ import numpy as np
 import pytest
 
 from deepgrid.config.conf import Conf
+from deepgrid.dashboard.view import RunView
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.mnist import load_splits
 from deepgrid.data.shards import shard_blocks
 from deepgrid.distributed import engine
+from deepgrid.distributed.progress import run_jobs
 from deepgrid.distributed.runner import ActorNetworkRunner
 from deepgrid.storage import S3Store, S3Url
 from deepgrid.train.loop import phase_seed
@@ -116,6 +118,10 @@ def test_one_machine_two_workers_train_shard_blocked_epochs(one_machine: Path) -
         for job in jobs:  # each job's batches lie in its shard's block
             first, end = blocks[job["shard"]]
             assert first <= job["start"] < job["stop"] <= end, job
+    # The progress bar and the dashboard count the jobs and batches the runner really cut.
+    assert run_jobs(runner) == (len(handed), len(handed))
+    view = RunView(runner)
+    assert view.batches_per_epoch == n and view.jobs_per_epoch * conf.epochs == len(handed)
     # One host: the master read every shard into the cache its actors share, and they report it.
     assert [info["shards"] for info in infos] == [list(range(N_SHARDS))] * 2
     assert len(list((one_machine / "cache" / "s3" / "objects" / BUCKET / "shards").glob("train-*"))) == N_SHARDS

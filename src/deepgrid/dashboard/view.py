@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from deepgrid.distributed.locality import epoch_size
 from deepgrid.errors import DeepgridError
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ class RunView:
         conf, model = runner.conf, runner.model
         self.phases = [{"name": p.name, "epochs": p.epochs, "supervised": p.supervised}
                        for p in model.phases(conf.epochs)]
-        self.batches_per_epoch = runner.train_data.n_batches(conf.batch_size)
-        self.jobs_per_epoch = math.ceil(self.batches_per_epoch / conf.averaging_frequency)
+        self.batches_per_epoch, self.jobs_per_epoch = epoch_size(runner.shards, runner.train_data, conf.batch_size,
+                                                                 conf.averaging_frequency)
         self.started_at = time.time()
         self.url = ""  # set when the server listens
         self._lock = threading.Lock()

@@ -63,6 +63,16 @@ def n_batches(layout: ShardLayout | None, data: ArrayDataset, batch_size: int) -
     return layout.n_batches(batch_size) if layout is not None else data.n_batches(batch_size)
 
 
+def epoch_size(layout: ShardLayout | None, data: ArrayDataset, batch_size: int, job_size: int) -> tuple[int, int]:
+    """(mini-batches, jobs) of an epoch as ``epoch_jobs`` cuts it: with shards, each shard's block
+    is cut apart, so an epoch may have a few more jobs than its batches over ``job_size``."""
+    if layout is None:
+        batches = data.n_batches(batch_size)
+        return batches, -(-batches // job_size)
+    blocks = [count // batch_size for count in layout.counts]
+    return sum(blocks), sum(-(-n // job_size) for n in blocks)
+
+
 class ShardHomes:
     """shard -> its home host (the first to take it), and every shard each host holds."""
 

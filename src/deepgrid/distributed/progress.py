@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm import tqdm
 
 from deepgrid.distributed.callbacks import RoundReport
+from deepgrid.distributed.locality import epoch_size
 from deepgrid.train.logs import shows_progress
 
 if TYPE_CHECKING:
@@ -41,8 +42,7 @@ def format_eta(seconds: float | None) -> str:
 def run_jobs(master: ActorNetworkRunner) -> tuple[int, int]:
     """(jobs done, jobs in the whole run): every epoch of every phase, cut as the runner cuts them."""
     conf = master.conf
-    n_batches = master.train_data.n_batches(conf.batch_size)
-    per_epoch = -(-n_batches // conf.averaging_frequency)  # as train.loop.jobs cuts an epoch
+    _, per_epoch = epoch_size(master.shards, master.train_data, conf.batch_size, conf.averaging_frequency)
     phases = master.model.phases(conf.epochs)
     total = sum(phase.epochs for phase in phases) * per_epoch
     progress = master.progress
