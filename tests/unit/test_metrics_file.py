@@ -307,7 +307,7 @@ def fake_master(n_batches: int = 20, averaging_frequency: int = 2, epochs: int =
     phases = [Phase("pretrain_1", 1, supervised=False), Phase("finetune", epochs)]
     return SimpleNamespace(
         conf=SimpleNamespace(batch_size=10, averaging_frequency=averaging_frequency, epochs=epochs),
-        train_data=SimpleNamespace(n_batches=lambda batch_size: n_batches),
+        train_data=SimpleNamespace(n_batches=lambda batch_size: n_batches), shards=None,
         model=SimpleNamespace(phases=lambda epochs: phases),
         progress=RunProgress(), workers={f"w{i}": None for i in range(workers)}, round=0)
 
