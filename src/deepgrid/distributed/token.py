@@ -56,6 +56,9 @@ def ensure_token(say: Callable[[str], None]) -> str:
     require_token_auth()
     source = token_source()
     if source is not None:
+        # Ray caches the token it read in this process: a process whose HOME or token changed since
+        # (a second run in the same process) would otherwise present the old one to the new head.
+        _forget_cached_token()
         say(f"deepgrid: cluster traffic is authenticated with the Ray token from {source}; {HOW_TO_SHARE}")
         return source
     from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
@@ -96,6 +99,7 @@ def check_token(host: str, port: int, wait_s: float = 60.0) -> None:
     if token_source() is None:
         raise ClusterError(f"This machine has no Ray token, and the master at {host}:{port} requires one; "
                            f"{HOW_TO_SHARE} (the master's is in its ~/.ray/auth_token).")
+    _forget_cached_token()  # read the token as it is now (see ensure_token)
     from ray._raylet import GcsClient
     from ray.exceptions import AuthenticationError, RpcError
 
