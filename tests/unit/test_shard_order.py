@@ -1,9 +1,8 @@
-"""Shard-blocked epochs (issue 12): the order, the jobs cut per shard, the home map, and
-``claim_job(worker_id, shards)`` on every tracker (memory, and Redis on a real redis-server)."""
+"""Shard-blocked epochs (issue 12): the order, the jobs cut per shard, the home map
+(``claim_job(worker_id, shards)`` on every tracker is in tests/unit/test_state_tracker.py)."""
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 
 import numpy as np
@@ -14,7 +13,6 @@ from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.shards import ShardLayout, shard_batch_order, shard_blocks
 from deepgrid.distributed.locality import ShardHomes, epoch_jobs, n_batches
 from deepgrid.state import Job, MemoryStateTracker
-from tests.redis_server import RedisServer, require_redis_server
 
 COUNTS = (50, 35, 64, 20, 41)  # a shard smaller than a batch too (20 < 24)
 B, JOB = 8, 3
@@ -116,57 +114,6 @@ def test_home_map_keeps_shards_on_their_host_then_steals_and_adopts() -> None:
     live = {"A"}  # host B is gone: A adopts its shards
     assert take("a1", "A") == 3  # the shards its host holds before the others
     assert take("a1", "A") == 1 and homes.home == dict.fromkeys(range(4), "A") and "B" not in homes.by_host()
-
-
-# -- claim_job(worker_id, shards) on every tracker ---------------------------------------------
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    require_redis_server()
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
-
-
-@pytest.fixture(params=["memory", "redis"])
-def tracker(request):
-    if request.param == "memory":
-        t = MemoryStateTracker()
-    else:
-        from deepgrid.state.redis import RedisStateTracker
-
-        server = request.getfixturevalue("redis_server")
-        t = RedisStateTracker(server.url, job_name=f"test-{uuid.uuid4().hex[:12]}", fresh=True)
-    yield t
-    if request.param == "redis":
-        t.purge()
-    t.close()
-
-
-def test_claim_with_shards_takes_the_first_matching_job_and_leaves_the_rest(tracker) -> None:
-    tracker.add_worker("w1", {"host": "h"})
-    tracker.add_worker("w2", {"host": "h"})
-    tracker.enqueue_jobs([Job("f", 0, 0, 0, 1, shard=2), Job("f", 0, 1, 1, 2, shard=5),
-                          Job("f", 0, 2, 2, 3, shard=2), Job("f", 0, 3, 3, 4)])
-    assert tracker.claim_job("w1", [7]) is None and tracker.pending_jobs() == 4  # nothing of shard 7
-    assert tracker.claim_job("w1", []) is None
-    job = tracker.claim_job("w1", {5, 9})
-    assert (job.index, job.shard) == (1, 5) and tracker.pending_jobs() == 3
-    assert tracker.claim_job("w1", [2]) == job  # a worker holds one job: a retried claim returns it
-    assert tracker.in_flight()["w1"] == job
-    assert tracker.complete_job("w1", job.id, 4, 0.5)
-    assert tracker.trained_batches("f", 0) == {1: 1}
-    assert tracker.claim_job("w2", [2]).index == 0
-    tracker.release_job("w2")  # back to the front, shard kept
-    again = tracker.claim_job("w1", [2])
-    assert (again.index, again.shard, again.attempt) == (0, 2, 1)
-    assert tracker.claim_job("w2").index == 2  # without shards: the queue's order, as always
-    tracker.complete_job("w1", again.id, 4, 0.5)
-    last = tracker.claim_job("w1")
-    assert last.shard is None and last.index == 3
-    tracker.set_enabled("w2", False)
-    tracker.complete_job("w2", "f/0/2", 4, 0.5)
-    tracker.enqueue_jobs([Job("f", 0, 4, 4, 5, shard=1)])
-    assert tracker.claim_job("w2", [1]) is None  # disabled: nothing, with or without shards
-    assert np.array_equal(sorted(tracker.trained_batches("f", 0)), [0, 1, 2])
 
 
 # -- the master's layout and a worker's lazy shards (local files) ------------------------------

@@ -446,3 +446,31 @@ def test_format_status_shows_run_workers_and_jobs():
 def test_format_status_without_workers():
     text = format_status(MemoryStateTracker().snapshot(now=1.0), now=1.0)
     assert "no workers registered" in text and "jobs: 0 pending, 0 in flight" in text
+
+
+def test_claim_with_shards_takes_the_first_matching_job_and_leaves_the_rest(tracker) -> None:
+    tracker.add_worker("w1", {"host": "h"})
+    tracker.add_worker("w2", {"host": "h"})
+    tracker.enqueue_jobs([Job("f", 0, 0, 0, 1, shard=2), Job("f", 0, 1, 1, 2, shard=5),
+                          Job("f", 0, 2, 2, 3, shard=2), Job("f", 0, 3, 3, 4)])
+    assert tracker.claim_job("w1", [7]) is None and tracker.pending_jobs() == 4  # nothing of shard 7
+    assert tracker.claim_job("w1", []) is None
+    job = tracker.claim_job("w1", {5, 9})
+    assert (job.index, job.shard) == (1, 5) and tracker.pending_jobs() == 3
+    assert tracker.claim_job("w1", [2]) == job  # a worker holds one job: a retried claim returns it
+    assert tracker.in_flight()["w1"] == job
+    assert tracker.complete_job("w1", job.id, 4, 0.5)
+    assert tracker.trained_batches("f", 0) == {1: 1}
+    assert tracker.claim_job("w2", [2]).index == 0
+    tracker.release_job("w2")  # back to the front, shard kept
+    again = tracker.claim_job("w1", [2])
+    assert (again.index, again.shard, again.attempt) == (0, 2, 1)
+    assert tracker.claim_job("w2").index == 2  # without shards: the queue's order, as always
+    tracker.complete_job("w1", again.id, 4, 0.5)
+    last = tracker.claim_job("w1")
+    assert last.shard is None and last.index == 3
+    tracker.set_enabled("w2", False)
+    tracker.complete_job("w2", "f/0/2", 4, 0.5)
+    tracker.enqueue_jobs([Job("f", 0, 4, 4, 5, shard=1)])
+    assert tracker.claim_job("w2", [1]) is None  # disabled: nothing, with or without shards
+    assert sorted(tracker.trained_batches("f", 0)) == [0, 1, 2]
