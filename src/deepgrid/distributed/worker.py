@@ -163,10 +163,9 @@ class Worker:
         finish = getattr(hook, "finish", None)
         if finish is not None:  # a hook's end of the job: e.g. the shared steps other workers still take
             finish()
-        shards = {} if self.shards is None else {"shards": self.shards.held()}
         return {"worker_id": self.worker_id, "job_id": task.id,
                 "update": self.plugin.encode(start, self.model.get_flat_params()),
-                "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started, **shards}
+                "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started}
 
     def _shard_batches(self, task: Job) -> list[Any]:
         """A shard-blocked job's batches (its shard read now if this worker has not yet): positions
