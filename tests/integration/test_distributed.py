@@ -186,6 +186,43 @@ def test_a_slow_worker_takes_fewer_jobs() -> None:
     assert model.score(TEST.x, TEST.y) > 0.95
 
 
+def test_a_worker_answers_pings_while_its_rounds_parameters_are_on_their_way(monkeypatch) -> None:
+    """A worker still pulling a round's parameters (from a peer host just cut off, say) answers its
+    heartbeat: they reach it inside the call. Passed as a bare ObjectRef, Ray held back the master's
+    later calls to the actor, pings too, until the fetch was done (ray-project/ray#52825), and the
+    worker was dropped as silent. Here the first round's parameters take 4 s to exist, with a
+    heartbeat timeout of 2 s."""
+    import time
+
+    import ray
+
+    @ray.remote
+    def late(value):
+        time.sleep(4)
+        return value
+
+    put, delayed = ray.put, []
+
+    def slow_first_put(value, **kwargs):
+        if delayed or not isinstance(value, np.ndarray):
+            return put(value, **kwargs)
+        delayed.append(True)
+        return late.remote(value)
+
+    c = mlp_conf(workers=1, epochs=1, heartbeat_timeout_s=2.0)
+    runner = ActorNetworkRunner("master", TRAIN)
+    try:
+        runner.setup(c)
+        monkeypatch.setattr(ray, "put", slow_first_put)
+        runner.train()
+    finally:
+        runner.shutdown()
+    assert delayed, "the round's parameters were never put"
+    failures = [e.message for e in runner.events.recent(500) if e.kind in ("dropped", "requeued", "failure")]
+    assert not failures, failures
+    assert runner_ledger(runner, 0) == {i: 1 for i in range(TRAIN.n_batches(16))}
+
+
 def test_block_momentum_adds_back_part_of_the_last_step() -> None:
     strategy = AverageStrategy(block_momentum=None)
     zeros = np.zeros(3, dtype=np.float32)

@@ -74,7 +74,8 @@ class Dispatcher:
         params_ref = ray.put(params)  # one copy in the object store, read by every worker
         calls: dict[Any, tuple[str, Job]] = {}
         for worker_id, handle, job in self._hand_out(free):
-            calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job)
+            # Boxed: the worker reads it inside the call, so its heartbeat never waits on the fetch (worker.py).
+            calls[handle.actor.train.remote([params_ref], job.to_dict())] = (worker_id, job)
         if not calls:  # jobs are pending (the caller checked) yet none could be handed out
             raise ClusterError(f"The state tracker holds {tracker.pending_jobs()} pending job(s) but handed none "
                                f"to {len(free)} free worker(s); its state is inconsistent (another master on "
@@ -200,7 +201,7 @@ class Dispatcher:
                 params, version = current()
                 params_ref = ray.put(params)  # one copy for every worker topped up now
             now = time.monotonic()
-            self._calls[handle.actor.train.remote(params_ref, job.to_dict())] = (worker_id, job, now, version)
+            self._calls[handle.actor.train.remote([params_ref], job.to_dict())] = (worker_id, job, now, version)
             self._seen[worker_id] = now
 
     def _heard(self, ping: Any) -> None:

@@ -227,5 +227,15 @@ def remote_worker_class() -> Any:
     class RayWorker(Worker):
         ping = ray.method(concurrency_group="heartbeat")(Worker.ping)
 
+        def train(self, params: Any, job: dict[str, Any]) -> dict[str, Any]:
+            # The round's parameters come boxed ([ref], see Dispatcher) and are read here, in the call:
+            # a bare ObjectRef argument is fetched before the call starts, and until it is Ray holds
+            # back the caller's later calls to this actor, pings too whatever their concurrency group
+            # (ray-project/ray#52825). A worker pulling the parameters from a peer host that was just
+            # cut off would then look dead; this way it answers, and at worst overruns its round.
+            if isinstance(params, list):
+                params = ray.get(params[0])
+            return Worker.train(self, params, job)
+
     RayWorker.__name__ = RayWorker.__qualname__ = "Worker"  # the process title stays ray::Worker
     return ray.remote(max_restarts=0, max_task_retries=0, concurrency_groups={"heartbeat": 1})(RayWorker)
