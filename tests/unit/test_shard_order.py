@@ -11,7 +11,7 @@ import torch
 
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.data.shards import ShardLayout, shard_batch_order, shard_blocks
-from deepgrid.distributed.locality import ShardHomes, epoch_jobs, n_batches
+from deepgrid.distributed.locality import STEAL_AFTER, ShardHomes, epoch_jobs, n_batches
 from deepgrid.state import Job, MemoryStateTracker
 
 COUNTS = (50, 35, 64, 20, 41)  # a shard smaller than a batch too (20 < 24)
@@ -107,13 +107,37 @@ def test_home_map_keeps_shards_on_their_host_then_steals_and_adopts() -> None:
     queue(tracker, [3, 3, 1, 0], per_shard=1)  # the next epoch: B's shards first in the queue
     assert take("a1", "A") == 0  # A skips B's jobs for its own
     assert homes.claim(tracker, "a1", "A", live, steal=False) is None  # a pulled job is never stolen
-    assert take("a1", "A") == 3  # nothing of A's left: it steals (its host holds shard 3 from now on)
+    for _ in range(STEAL_AFTER):  # nothing of A's left: B is about to be free, A lets chances pass ...
+        assert take("a1", "A") is None
+    assert take("a1", "A") == 3  # ... then steals (its host holds shard 3 from now on)
     assert homes.by_host()["A"] == [0, 2, 3] and homes.home[3] == "B"
     assert take("b1", "B") == 3 and take("b1", "B") == 1 and take("b1", "B") is None
     queue(tracker, [1, 3], per_shard=1)
     live = {"A"}  # host B is gone: A adopts its shards
     assert take("a1", "A") == 3  # the shards its host holds before the others
     assert take("a1", "A") == 1 and homes.home == dict.fromkeys(range(4), "A") and "B" not in homes.by_host()
+
+
+def test_a_host_takes_no_more_than_its_share_of_homeless_shards_and_steals_at_once_when_forced() -> None:
+    """A fast host does not make every shard its own in the first epoch: past its fair share it
+    leaves the homeless shards to the others (a pulled job too). With nothing else to train it
+    steals at once when told to (force: every worker would idle otherwise)."""
+    tracker = MemoryStateTracker()
+    for worker in ("a1", "b1"):
+        tracker.add_worker(worker, {})
+    homes = ShardHomes(range(4))
+    queue(tracker, [0, 1, 2, 3])
+    live = {"A", "B"}
+    shards = []
+    for _ in range(4):  # A alone asks (B is busy): its share is 2 of the 4 shards
+        job = homes.claim(tracker, "a1", "A", live, steal=False)
+        shards.append(job.shard if job else None)
+        if job:
+            tracker.complete_job("a1", job.id, 1, 0.0)
+    assert shards == [0, 0, 1, 1] and homes.by_host() == {"A": [0, 1]}
+    assert homes.claim(tracker, "a1", "A", live) is None  # a chance passed up, not a steal
+    job = homes.claim(tracker, "a1", "A", live, force=True)
+    assert job is not None and job.shard == 2 and homes.home[2] == "A"
 
 
 # -- the master's layout and a worker's lazy shards (local files) ------------------------------

@@ -45,14 +45,14 @@ class Dispatcher:
         self._seen: dict[str, float] = {}
         self.homes: ShardHomes | None = None  # shard-blocked epochs: which host trains which shard
 
-    def claim(self, worker_id: str, steal: bool = True) -> Job | None:
+    def claim(self, worker_id: str, steal: bool = True, force: bool = False) -> Job | None:
         """The next job for ``worker_id``: with shards, one of its host's first (locality.ShardHomes),
-        another host's only with ``steal``."""
+        another host's only with ``steal`` (after a delay; at once with ``force``)."""
         if self.homes is None:
             return self.tracker.claim_job(worker_id)
         hosts = self.group.hosts
         return self.homes.claim(self.tracker, worker_id, worker_host(hosts, worker_id),
-                                {worker_host(hosts, w) for w in self.workers}, steal)
+                                {worker_host(hosts, w) for w in self.workers}, steal, force)
 
     @property
     def workers(self) -> dict:
@@ -123,19 +123,25 @@ class Dispatcher:
 
     def _hand_out(self, free: list[tuple[str, Any]]) -> list[tuple[str, Any, Job]]:
         """A job for each free worker while jobs last. With shards, every worker first takes one of
-        its own host's (or a homeless shard's), and only then may the ones left without steal: so
-        that none takes the job a shard's own host would have trained in this same round."""
-        handed: dict[str, tuple[str, Any, Job]] = {}
-        for steal in (False, True) if self.homes is not None else (True,):
+        its own host's (or a homeless shard's), and only then may the ones left without steal (see
+        locality.ShardHomes): so that none takes the job a shard's own host would have trained in
+        this same round. If that left every worker without a job, they steal at once."""
+        if self.homes is None:
+            handed = []
             for worker_id, handle in free:
-                if worker_id in handed:
-                    continue
-                job = self.claim(worker_id, steal)
-                if job is None and steal:
-                    break  # no job left at all
-                if job is not None:
-                    handed[worker_id] = (worker_id, handle, job)
-        return list(handed.values())
+                job = self.claim(worker_id)
+                if job is None:
+                    break  # no job left
+                handed.append((worker_id, handle, job))
+            return handed
+        chosen: dict[str, tuple[str, Any, Job]] = {}
+        for steal, force in ((False, False), (True, False), (True, True)):
+            if force and chosen:
+                break
+            for worker_id, handle in free:
+                if worker_id not in chosen and (job := self.claim(worker_id, steal, force)) is not None:
+                    chosen[worker_id] = (worker_id, handle, job)
+        return list(chosen.values())
 
     def run_async(self, current: Callable[[], tuple[np.ndarray, int]], apply: Callable[[JobResult], None],
                   quota: int) -> list[JobResult] | None:
@@ -186,23 +192,29 @@ class Dispatcher:
         return results
 
     def _top_up(self, current: Callable[[], tuple[np.ndarray, int]]) -> None:
-        """Give each worker that is neither running a job nor busy with an overrun one a job."""
+        """Give each worker that is neither running a job nor busy with an overrun one a job (with
+        shards: a job of its own host's, or a stolen one as ``_hand_out`` allows)."""
         import ray
 
         busy = {worker_id for worker_id, _, _, _ in self._calls.values()}
+        free = [(w, h) for w, h in self.workers.items() if w not in busy and h.overrun is None]
         params_ref, version = None, 0
-        for worker_id, handle in list(self.workers.items()):
-            if worker_id in busy or handle.overrun is not None:
-                continue
-            job = self.claim(worker_id)
-            if job is None:
-                return
-            if params_ref is None:
-                params, version = current()
-                params_ref = ray.put(params)  # one copy for every worker topped up now
-            now = time.monotonic()
-            self._calls[handle.actor.train.remote([params_ref], job.to_dict())] = (worker_id, job, now, version)
-            self._seen[worker_id] = now
+        for force in (False, True):
+            if force and (self.homes is None or self._calls):
+                return  # forced stealing only when otherwise no worker would train
+            for worker_id, handle in free:
+                job = self.claim(worker_id, force=force)
+                if job is None:
+                    if self.homes is None:
+                        return  # no job left
+                    continue
+                if params_ref is None:
+                    params, version = current()
+                    params_ref = ray.put(params)  # one copy for every worker topped up now
+                now = time.monotonic()
+                self._calls[handle.actor.train.remote([params_ref], job.to_dict())] = (worker_id, job, now, version)
+                self._seen[worker_id] = now
+            free = [(w, h) for w, h in free if w not in {c[0] for c in self._calls.values()}]
 
     def _heard(self, ping: Any) -> None:
         import ray

@@ -2,12 +2,15 @@
 
 With a sharded training split read by the workers themselves (:mod:`deepgrid.data.shards`), each
 epoch's jobs are cut within shard blocks (``Job.shard``), and the dispatcher hands them out
-Hadoop-style through a :class:`ShardHomes` map: a worker first takes jobs of the shards its host
-already holds, then a shard no host holds yet (which becomes its host's home shard), and only then
-any job (stealing: its host downloads that shard too), so no worker idles through a round while
-jobs are pending. A job pulled beside a round (a worker done while another is still busy) is never
-stolen: the shard's own host is about to be free, and a few batches gained are not worth a shard
-moved. A host whose workers are all gone loses its shards, and the others adopt them.
+Hadoop-style through a :class:`ShardHomes` map. A worker first takes jobs of its host's home
+shards, then a shard no host holds yet while its host has fewer than its fair share of homes (the
+shard becomes its host's), and only then, with delay scheduling, another host's job: a host lets
+``STEAL_AFTER`` chances pass without a job of its own before it steals one (its host downloads that
+shard too, and steals shards it already holds first). A shard's own host is usually about to be
+free, and a few batches gained are not worth a shard moved; under a lasting imbalance (a slow
+host) stealing still evens the work out. A job pulled beside a round (a worker done while another
+is still busy) is never stolen, and a round in which no worker would train otherwise steals at
+once. A host whose workers are all gone loses its shards, and the others adopt them.
 """
 
 from __future__ import annotations
@@ -73,30 +76,52 @@ def epoch_size(layout: ShardLayout | None, data: ArrayDataset, batch_size: int, 
     return sum(blocks), sum(-(-n // job_size) for n in blocks)
 
 
+STEAL_AFTER = 2  # chances a host passes up for want of a job of its own before it steals
+
+
 class ShardHomes:
-    """shard -> its home host (the first to take it), and every shard each host holds."""
+    """shard -> its home host (the first to take it), every shard each host holds (downloaded), and
+    how many chances in a row each host has passed up for want of a job of its own."""
 
     def __init__(self, shards: Iterable[int]) -> None:
         self.shards = sorted(shards)
         self.home: dict[int, str] = {}
         self.held: dict[str, set[int]] = {}
+        self.passed: dict[str, int] = {}
 
     def claim(self, tracker: StateTracker, worker_id: str, host: str, live_hosts: Iterable[str],
-              steal: bool = True) -> Job | None:
-        """A job for ``worker_id`` on ``host``: its host's shards first, then a homeless shard
-        (now its host's), then (``steal``) any. ``live_hosts``: the hosts that still have workers."""
-        self.forget_others(live_hosts)
-        held = self.held.get(host)
-        if held:
-            job = tracker.claim_job(worker_id, sorted(held))
-            if job is not None:
-                return self._took(job, host)
+              steal: bool = True, force: bool = False) -> Job | None:
+        """A job for ``worker_id`` on ``host``: its host's home shards first, then a homeless shard
+        (now its host's) while the host has fewer homes than its fair share, then (``steal``, once
+        the host has passed up ``STEAL_AFTER`` chances, or at once with ``force``) any other: the
+        shards its host holds already first. ``live_hosts``: the hosts that still have workers."""
+        live = set(live_hosts) | {host}
+        self.forget_others(live)
+        held = self.held.get(host, set())
+        own = sorted(shard for shard, home in self.home.items() if home == host)
+        job = self._first(tracker, worker_id, own)
         homeless = [s for s in self.shards if s not in self.home]
-        if homeless:
-            job = tracker.claim_job(worker_id, homeless)
-            if job is not None:
-                return self._took(job, host)
-        return self._took(tracker.claim_job(worker_id), host) if steal else None
+        if job is None and homeless and len(own) < -(-len(self.shards) // len(live)):
+            job = self._first(tracker, worker_id, [s for s in homeless if s in held], homeless)
+        if job is not None:
+            self.passed.pop(host, None)
+            return self._took(job, host)
+        if not steal:
+            return None
+        if not force and self.passed.get(host, 0) < STEAL_AFTER:
+            if tracker.pending_jobs():  # a chance passed up: another host's job was there to take
+                self.passed[host] = self.passed.get(host, 0) + 1
+            return None
+        return self._took(self._first(tracker, worker_id, sorted(held - set(own))) or tracker.claim_job(worker_id),
+                          host)
+
+    @staticmethod
+    def _first(tracker: StateTracker, worker_id: str, *choices: list[int]) -> Job | None:
+        """A job of the first of ``choices`` (lists of shards) that has one pending."""
+        for shards in choices:
+            if shards and (job := tracker.claim_job(worker_id, shards)) is not None:
+                return job
+        return None
 
     def _took(self, job: Job | None, host: str) -> Job | None:
         if job is not None and job.shard is not None:
@@ -109,6 +134,7 @@ class ShardHomes:
         live = set(live_hosts)
         for host in [h for h in self.held if h not in live]:
             del self.held[host]
+            self.passed.pop(host, None)
         self.home = {shard: host for shard, host in self.home.items() if host in live}
 
     def by_host(self) -> dict[str, list[int]]:
