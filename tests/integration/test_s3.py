@@ -143,6 +143,9 @@ def test_data_view_is_cached_by_etag(aws: dict[str, str], tmp_path: Path) -> Non
     assert str(view).startswith(aws["DEEPGRID_HOME"])
     store.put_bytes(b"changed", S3Url(BUCKET, "data/train.csv"))  # a new ETag: a new copy
     assert (local_view(S3Url(BUCKET, "data")) / "train.csv").read_bytes() == b"changed"
+    store.delete(BUCKET, ["data/sub/test.csv"])  # deleted from the prefix: gone from the view too
+    view = local_view(S3Url(BUCKET, "data"))
+    assert sorted(p.relative_to(view).as_posix() for p in view.rglob("*")) == ["train.csv"]
 
 
 def test_sharded_data_dir_on_s3_reads_every_shard_in_order(aws: dict[str, str], tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 Readers of data files (numpy, pyarrow, PIL, the IDX reader) want a local directory; an ``s3://``
 data_dir is turned into one: every object under the prefix is downloaded once into
 ``<cache>/objects/<bucket>/<key>/<ETag>/<name>`` (a changed object has a new ETag, so a stale copy
-is never read) and hard-linked into ``<cache>/views/<bucket>/<prefix>/`` under its relative name.
+is never read) and hard-linked into ``<cache>/views/<bucket>/<prefix>/`` under its relative name;
+a file whose object was deleted from the prefix leaves the view when it is next built.
 Downloads go to a temporary name and are renamed into place, so processes on one host (the master
 and its worker actors) can fill the same cache at once and none reads a half-written file.
 """
@@ -91,13 +92,14 @@ def local_view(url: S3Url, store: S3Store | None = None, root: Path | None = Non
         raise DataError(f"{url} holds no objects; upload the data files under that prefix or fix the URL.")
     view = root.joinpath("views", url.bucket, *_safe_parts(url.key))
     view.mkdir(parents=True, exist_ok=True)
-    fetched = 0
+    fetched, listed = 0, set()
     for obj in objects:
         relative = _safe_parts(obj.key[len(url.prefix):])
         if not relative:
             continue
         local = fetch_object(store, obj, url.bucket, root)
         target = view.joinpath(*relative)
+        listed.add(target)
         try:
             same = target.stat().st_ino == local.stat().st_ino
         except OSError:
@@ -105,6 +107,25 @@ def local_view(url: S3Url, store: S3Store | None = None, root: Path | None = Non
         if not same:
             _link(local, target)
             fetched += 1
-    if fetched:
-        log.info("%s: %d file(s) in the local cache %s (%.2f s)", url, fetched, view, time.perf_counter() - started)
+    removed = _prune(view, listed)
+    if fetched or removed:
+        log.info("%s: %d file(s) in the local cache %s, %d no longer under the prefix removed from it (%.2f s)",
+                 url, fetched, view, removed, time.perf_counter() - started)
     return view
+
+
+def _prune(view: Path, listed: set[Path]) -> int:
+    """Unlink the view's files whose object is no longer under the prefix (deleted since an earlier
+    run): a reader globbing the view (``train-*.npz``) must not find them. Returns how many. Dot
+    files are other processes' links in progress; the cached objects themselves stay."""
+    removed, folders = 0, {folder for target in listed for folder in target.parents}
+    for path in sorted(view.rglob("*"), reverse=True):  # deepest first: a folder after its files
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():  # a listed object's folder stays: another process may be linking into it
+            if path not in folders and not any(path.iterdir()):
+                path.rmdir()
+        elif path not in listed:
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
