@@ -298,31 +298,36 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
+# What the page shows, read in one script: the page redraws its panels every second (innerHTML), so
+# an element found by one WebDriver call may be gone by the next (StaleElementReferenceException).
+SHOWN = """
+const all = (selector) => Array.from(document.querySelectorAll(selector));
+const chart = document.querySelector("#loss-chart");
+return {workers: all("#workers tbody tr[data-worker]").map((r) => [r.dataset.worker, r.innerText]),
+        points: chart ? Number(chart.getAttribute("data-points")) : 0,
+        lines: all("#loss-chart polyline").length,
+        facts: document.getElementById("facts").innerText,
+        events: document.getElementById("events").innerText,
+        kinds: all("#events .badge").map((b) => b.innerText.trim())};
+"""
+
+
 def test_a_browser_shows_the_workers_and_a_growing_loss_chart(browser: Any, tmp_path: Path) -> None:
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     run = Run(conf(job_name="dash-browser", epochs=20, checkpoint_dir=str(tmp_path / "ckpt")), Pace(0.15))
     try:
         browser.get(run.dashboard.url)
         wait = WebDriverWait(browser, 60, poll_frequency=0.2)
-        rows = wait.until(lambda d: (r := d.find_elements(By.CSS_SELECTOR, "#workers tbody tr[data-worker]"))
-                          and len(r) == 2 and r)
-        assert sorted(r.get_attribute("data-worker") for r in rows) == sorted(run.runner.workers)
-        assert all("enabled" in r.text for r in rows)
-
-        def points() -> int:
-            charts = browser.find_elements(By.CSS_SELECTOR, "#loss-chart")
-            return int(charts[0].get_attribute("data-points")) if charts else 0
-
-        before = wait.until(lambda d: points())
-        grown = wait.until(lambda d: points() > before + 2 and points())
-        assert grown > before
-        assert "finetune" in browser.find_element(By.ID, "facts").text
-        assert browser.find_elements(By.CSS_SELECTOR, "#loss-chart polyline")
-        assert "started 2 worker(s)" in browser.find_element(By.ID, "events").text
+        shown = wait.until(lambda d: (page := d.execute_script(SHOWN)) and len(page["workers"]) == 2 and page)
+        assert sorted(worker for worker, _ in shown["workers"]) == sorted(run.runner.workers)
+        assert all("enabled" in text for _, text in shown["workers"])
+        before = wait.until(lambda d: d.execute_script(SHOWN)["points"])
+        shown = wait.until(lambda d: (page := d.execute_script(SHOWN))["points"] > before + 2 and page)
+        assert "finetune" in shown["facts"] and shown["lines"] > 0
+        assert "started 2 worker(s)" in shown["events"]
         # A checkpoint each round would bury the other events: a run of them is one row.
-        kinds = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#events .badge")]
+        kinds = [kind.lower() for kind in shown["kinds"]]
         assert "checkpoint" in kinds and all(a != b or a != "checkpoint" for a, b in zip(kinds, kinds[1:], strict=False)), kinds
         # The master keeps them so too, so its API (and its last 500 events) keep the rest in view.
         served = run.get("/api/statetracker/events")["events"]
