@@ -62,10 +62,11 @@ def test_layer_shapes(visible_unit, hidden_unit):
 @pytest.mark.parametrize("persistent", [False, True])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("units", [("binary", "binary"), ("gaussian", "rectified")])
-def test_hand_gradient_matches_autograd_on_the_surrogate(persistent, k, units):
+@pytest.mark.parametrize("sparsity", [0.0, 0.1])  # without it the step signs v0 instead of the hiddens
+def test_hand_gradient_matches_autograd_on_the_surrogate(persistent, k, units, sparsity):
     torch.manual_seed(0)
     layer = RBMLayer(N_VISIBLE, 8, visible_unit=units[0], hidden_unit=units[1], k=k, persistent=persistent,
-                     sparsity_target=0.1, sparsity_cost=0.5)
+                     sparsity_target=sparsity, sparsity_cost=0.5)
     v0, _ = prototypes_data(16, binary=units[0] == "binary")
     layer.contrastive_divergence(v0)  # first call seeds the persistent chains
     v_neg, _ = layer.contrastive_divergence(v0)
