@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from deepgrid import Conf, ConfigError
-from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
 from deepgrid.distributed.strategies import make_strategy
 from deepgrid.distributed.strategies.allreduce import AllreduceStrategy
 from deepgrid.models.mlp import MLP
 from deepgrid.train.loop import fit, jobs
+from tests.integration.local_engine import ray_local  # noqa: F401 (an autouse fixture)
 from tests.integration.synthetic import TEST, TRAIN, mlp_conf, mlp_network
 
 BATCH = 16
@@ -27,14 +27,6 @@ N_BATCHES = TRAIN.n_batches(BATCH)
 def conf(**changes: object) -> Conf:
     return mlp_conf(**{"strategy": "allreduce", "batch_size": BATCH, "averaging_frequency": 5, "pull_jobs": False,
                        "network": mlp_network(momentum=0.9), **changes})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    os.environ["DEEPGRID_HOME"] = str(tmp_path_factory.mktemp("home"))
-    engine.start_local(num_cpus=4)
-    yield
-    engine.shutdown()
 
 
 def run(c: Conf, on_round=None, model_factory=None) -> tuple[ActorNetworkRunner, MLP]:

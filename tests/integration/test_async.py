@@ -10,25 +10,17 @@ import numpy as np
 import pytest
 
 from deepgrid import Conf
-from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
 from deepgrid.distributed.strategies.asynchronous import AsyncStrategy, DeltaPlugin
 from deepgrid.distributed.strategies.base import JobResult
 from deepgrid.models.mlp import MLP
 from deepgrid.state.base import Job
+from tests.integration.local_engine import ray_local  # noqa: F401 (an autouse fixture)
 from tests.integration.synthetic import TEST, TRAIN, mlp_conf
 
 
 def conf(**changes: object) -> Conf:
     return mlp_conf(**{"strategy": "async", **changes})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    os.environ["DEEPGRID_HOME"] = str(tmp_path_factory.mktemp("home"))
-    engine.start_local(num_cpus=4)
-    yield
-    engine.shutdown()
 
 
 def run(c: Conf, on_round=None, resume=None, model_factory=None) -> tuple[ActorNetworkRunner, MLP]:

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from deepgrid import Conf
-from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
+from tests.integration.local_engine import ray_local  # noqa: F401 (an autouse fixture)
 from tests.integration.synthetic import N_CLASSES, N_IN, TRAIN
 
 GOLDEN = {
@@ -36,14 +36,6 @@ def conf(workers: int) -> Conf:
                 pull_jobs=False,  # one job per worker per round, whatever the timing
                 network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu",
                              finetune_lr=0.05, seed=7))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    os.environ["DEEPGRID_HOME"] = str(tmp_path_factory.mktemp("home"))
-    engine.start_local(num_cpus=4)
-    yield
-    engine.shutdown()
 
 
 def digest(params: np.ndarray) -> str:

@@ -34,10 +34,10 @@ import pytest
 from deepgrid import Conf
 from deepgrid.cli import main
 from deepgrid.dashboard.plugin import Dashboard
-from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
 from deepgrid.state.status import status_path
 from tests.helpers import missing_server
+from tests.integration.local_engine import ray_local  # noqa: F401 (an autouse fixture)
 from tests.integration.synthetic import TRAIN, mlp_conf
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -45,14 +45,6 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 def conf(**changes: object) -> Conf:
     return mlp_conf(**{"epochs": 3, "validation_fraction": 0.1, **changes})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    os.environ["DEEPGRID_HOME"] = str(tmp_path_factory.mktemp("home"))
-    engine.start_local(num_cpus=4)
-    yield
-    engine.shutdown()
 
 
 class Pace:

@@ -12,22 +12,14 @@ import torch
 
 from deepgrid import Conf, ConfigError, DataError, ModelError
 from deepgrid.data.dataset import ArrayDataset
-from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
 from deepgrid.distributed.strategies.average import AverageStrategy, weighted_mean
 from deepgrid.errors import ClusterError
 from deepgrid.models.mlp import MLP
 from deepgrid.state.status import read_status, status_path
 from deepgrid.train.loop import fit
+from tests.integration.local_engine import ray_local  # noqa: F401 (an autouse fixture)
 from tests.integration.synthetic import TEST, TRAIN, blobs, mlp_conf, mlp_network
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    os.environ["DEEPGRID_HOME"] = str(tmp_path_factory.mktemp("home"))
-    engine.start_local(num_cpus=4)
-    yield
-    engine.shutdown()
 
 
 def run(c: Conf, data: ArrayDataset = TRAIN, on_round=None, resume=None) -> tuple[ActorNetworkRunner, MLP]:

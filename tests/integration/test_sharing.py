@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from deepgrid import Conf, ConfigError
-from deepgrid.distributed import engine
 from deepgrid.distributed.runner import ActorNetworkRunner
 from deepgrid.distributed.strategies import make_strategy
 from deepgrid.distributed.strategies.average import AverageStrategy
@@ -17,6 +16,7 @@ from deepgrid.distributed.strategies.base import JobResult
 from deepgrid.distributed.strategies.sharing import SharingPlugin, SharingStrategy, decode, wire_bytes
 from deepgrid.models.mlp import MLP
 from deepgrid.state.base import Job
+from tests.integration.local_engine import ray_local  # noqa: F401 (an autouse fixture)
 from tests.integration.synthetic import TEST, TRAIN, mlp_conf, mlp_network
 
 N = 10_000
@@ -160,14 +160,6 @@ def conf(**changes: object) -> Conf:
     # 256 hidden units: 6,404 parameters, so that 1/100 of them (64 int32) plus the serialised
     # dict's ~200 bytes of framing stay under 1/50 of a dense vector (512 bytes).
     return mlp_conf(**{"strategy": "sharing", "network": mlp_network(hidden_layer_sizes=[256]), **changes})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_local(tmp_path_factory: pytest.TempPathFactory):
-    os.environ["DEEPGRID_HOME"] = str(tmp_path_factory.mktemp("home"))
-    engine.start_local(num_cpus=4)
-    yield
-    engine.shutdown()
 
 
 def run(c: Conf, on_round=None, resume=None) -> tuple[ActorNetworkRunner, MLP]:
