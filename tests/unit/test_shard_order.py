@@ -84,12 +84,17 @@ def queue(tracker: object, shards: list[int], per_shard: int = 2) -> None:
     tracker.enqueue_jobs(jobs)  # type: ignore[attr-defined]
 
 
-def test_home_map_keeps_shards_on_their_host_then_steals_and_adopts() -> None:
+def two_hosts() -> tuple[MemoryStateTracker, ShardHomes]:
+    """Workers a1 (host A) and b1 (host B), four homeless shards, two jobs of each queued."""
     tracker = MemoryStateTracker()
     for worker in ("a1", "b1"):
         tracker.add_worker(worker, {})
-    homes = ShardHomes(range(4))
     queue(tracker, [0, 1, 2, 3])
+    return tracker, ShardHomes(range(4))
+
+
+def test_home_map_keeps_shards_on_their_host_then_steals_and_adopts() -> None:
+    tracker, homes = two_hosts()
     live = {"A", "B"}
 
     def take(worker: str, host: str) -> int | None:
@@ -122,11 +127,7 @@ def test_a_host_takes_no_more_than_its_share_of_homeless_shards_and_steals_at_on
     """A fast host does not make every shard its own in the first epoch: past its fair share it
     leaves the homeless shards to the others (a pulled job too). With nothing else to train it
     steals at once when told to (force: every worker would idle otherwise)."""
-    tracker = MemoryStateTracker()
-    for worker in ("a1", "b1"):
-        tracker.add_worker(worker, {})
-    homes = ShardHomes(range(4))
-    queue(tracker, [0, 1, 2, 3])
+    tracker, homes = two_hosts()
     live = {"A", "B"}
     shards = []
     for _ in range(4):  # A alone asks (B is busy): its share is 2 of the 4 shards
