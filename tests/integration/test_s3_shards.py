@@ -127,6 +127,21 @@ def test_one_machine_two_workers_train_shard_blocked_epochs(one_machine: Path) -
     assert len(list((one_machine / "cache" / "s3" / "objects" / BUCKET / "shards").glob("train-*"))) == N_SHARDS
 
 
+def test_async_strategy_hands_out_shard_jobs_too(one_machine: Path) -> None:
+    """Without a round barrier (strategy: async) workers are topped up job by job: the same home map
+    decides, and every mini-batch of every epoch is still trained exactly once."""
+    conf = shard_conf(strategy="async")
+    runner = ActorNetworkRunner("master")
+    try:
+        runner.setup(conf)
+        runner.train()
+    finally:
+        runner.shutdown()
+    assert [s["missing"] + s["repeated"] for s in runner.ledger_summary()] == [0] * conf.epochs
+    assert runner.dispatcher.homes is not None and len(runner.dispatcher.homes.home) == N_SHARDS
+    assert accuracy(runner, load_splits(conf)[1]) > 0.9
+
+
 # -- (b) across hosts ---------------------------------------------------------------------------
 UPLOAD = """
 import sys

@@ -214,7 +214,8 @@ class Dispatcher:
                 now = time.monotonic()
                 self._calls[handle.actor.train.remote([params_ref], job.to_dict())] = (worker_id, job, now, version)
                 self._seen[worker_id] = now
-            free = [(w, h) for w, h in free if w not in {c[0] for c in self._calls.values()}]
+            running = {worker_id for worker_id, _, _, _ in self._calls.values()}
+            free = [(w, h) for w, h in free if w not in running]
 
     def _heard(self, ping: Any) -> None:
         import ray
