@@ -29,6 +29,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def synced_write(path: Path, write: Callable[[Path], Any]) -> None:
+    """Call ``write(path)`` and fsync the file: for a file inside a directory that is itself made
+    whole by a rename (a checkpoint's staging directory), where a rename per file would add nothing."""
+    write(path)
+    fsync_path(path)
+
+
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """Call ``write(tmp_path)``, fsync it, rename it onto ``path`` (atomic on POSIX), fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,18 +28,19 @@ STALL_S = 3600.0
 
 
 def install(marker: Path, from_round: int) -> None:
-    # Patched where they are called: the writer saves a model's files, which writes them atomically.
-    real_save, real_write = checkpoint_writer.save_model_files, model_files.atomic_write
+    # Patched where they are called: the writer saves a model's files into its staging directory,
+    # each written and fsynced in place (synced_write).
+    real_save, real_write = checkpoint_writer.save_model_files, model_files.synced_write
     writing: dict[str, Any] = {}  # the checkpoint being written (only the writer thread writes them)
 
-    def save_model_files(model: Any, directory: Path, extra: dict[str, Any]) -> Path:
+    def save_model_files(model: Any, directory: Path, extra: dict[str, Any], **options: Any) -> Path:
         writing["round"] = extra.get("round")
         try:
-            return real_save(model, directory, extra)
+            return real_save(model, directory, extra, **options)
         finally:
             writing.clear()
 
-    def atomic_write(path: Path, write: Any) -> None:
+    def synced_write(path: Path, write: Any) -> None:
         round_ = writing.get("round")
         if (path.name == checkpoint.CONFIG_FILE and path.parent.name.startswith(checkpoint.STAGING_PREFIX)
                 and isinstance(round_, int) and round_ >= from_round):
@@ -50,7 +51,7 @@ def install(marker: Path, from_round: int) -> None:
         real_write(path, write)
 
     checkpoint_writer.save_model_files = save_model_files
-    model_files.atomic_write = atomic_write
+    model_files.synced_write = synced_write
 
 
 if __name__ == "__main__":

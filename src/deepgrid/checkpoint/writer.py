@@ -56,7 +56,7 @@ def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: i
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=f"{STAGING_PREFIX}{run}-"))
     try:
-        save_model_files(model, staging, meta)
+        save_model_files(model, staging, meta, staged=True)
         if tensors:
             run_state = staging / RUN_STATE_FILE
             save_numpy({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(run_state))
@@ -64,7 +64,7 @@ def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: i
         fsync_path(staging)
         # The same round saved again (the final save) goes to a new name: the first one stays
         # whole until this one is on the disk.
-        mine = checkpoints_by_run(directory).get(run, [])
+        mine = checkpoints_by_run(directory).get(run, [])  # one listing: the pruning below uses it too
         generation = 1 + max((g for r, g, _ in mine if r == round_), default=-1)
         target = directory / checkpoint_name(round_, run, generation)
         os.replace(staging, target)  # a directory rename is atomic: a crash leaves the old ones intact
@@ -72,15 +72,17 @@ def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: i
         shutil.rmtree(staging, ignore_errors=True)
         raise
     fsync_path(directory)  # the rename is on the disk: from here the checkpoint counts as written
-    _prune(directory, run, keep, target)
+    # One writer per run (deepgrid.checkpoint): the run's checkpoints are the listed ones and this one.
+    _prune(sorted([*mine, (round_, generation, target)], key=lambda item: item[:2]), keep, target)
     return target
 
 
-def _prune(directory: Path, run_id: str, keep: int, written: Path) -> None:
-    """Remove this run's checkpoints beyond the newest ``keep`` rounds, and copies of a round saved again."""
+def _prune(checkpoints: list[tuple[int, int, Path]], keep: int, written: Path) -> None:
+    """Remove, of one run's ``checkpoints`` (round, generation, path; oldest first), those beyond the
+    newest ``keep`` rounds, and copies of a round saved again."""
     newest_of_round: dict[int, Path] = {}
     superseded: list[Path] = []
-    for round_, _, path in checkpoints_by_run(directory).get(run_id, []):  # oldest first
+    for round_, _, path in checkpoints:
         if round_ in newest_of_round:
             superseded.append(newest_of_round[round_])
         newest_of_round[round_] = path
