@@ -35,10 +35,13 @@ RAY_SETTINGS = {
     "RAY_health_check_timeout_ms": "2000",
     "RAY_health_check_failure_threshold": "5",
     # Ray's 10 s is shorter than a transfer of the training set on a slow link (188 MB take 15 s
-    # at 100 Mbit/s): it then fetched the whole set again, twice or three times, measured. Not
-    # much longer either: a pull from a machine that was cut off waits this long before Ray tries
-    # another copy, and a machine joining meanwhile waits with it (120 s: seen over 2 minutes).
-    "RAY_object_manager_pull_timeout_ms": "30000",
+    # at 100 Mbit/s): it then fetched the whole set again, twice or three times, measured. 30 s
+    # was too short as well: two worker hosts fetch the set at once through the master's link
+    # (376 MB, 30 s at 100 Mbit/s), and the second fetch Ray then started ran on into training,
+    # so rounds took 0.8-1.5 s instead of 0.4 (bench_hosts.py, bisected). Not much longer either:
+    # a pull from a machine that was cut off waits this long before Ray tries another copy, and a
+    # machine joining meanwhile waits with it (120 s: seen over 2 minutes).
+    "RAY_object_manager_pull_timeout_ms": "60000",
     # A job's result (the parameters: 0.94 MB for the bench's MLP) comes back to the master inside the
     # call's reply, not through the worker machine's object store and a pull by the master's machine
     # (Ray inlines results up to 100 KB). bench_hosts.py --cpu, 2 worker hosts: the three raylets' CPU
