@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors.numpy import save_file as save_numpy
 
-from deepgrid.atomic_files import fsync_path
+from deepgrid.atomic_files import fsync_path, synced_write
 from deepgrid.checkpoint.naming import (
     RUN_STATE_FILE,
     STAGING_PREFIX,
@@ -58,9 +58,8 @@ def save_checkpoint(directory: Path, model: Model, meta: dict[str, Any], keep: i
     try:
         save_model_files(model, staging, meta, staged=True)
         if tensors:
-            run_state = staging / RUN_STATE_FILE
-            save_numpy({name: np.ascontiguousarray(array) for name, array in tensors.items()}, str(run_state))
-            fsync_path(run_state)
+            arrays = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
+            synced_write(staging / RUN_STATE_FILE, lambda path: save_numpy(arrays, str(path)))
         fsync_path(staging)
         # The same round saved again (the final save) goes to a new name: the first one stays
         # whole until this one is on the disk.
