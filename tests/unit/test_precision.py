@@ -1,5 +1,5 @@
 """``precision: bf16`` (issue 13): validated, refused without native bf16, and training in bf16 where the CPU has it;
-the hand-stepped SGD of the RBM's pretraining against torch.optim.SGD."""
+the hand-stepped SGD of the RBM's pretraining against the SGD optimizer's step."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_bf16_gradient_is_close_to_float32():
 @pytest.mark.parametrize("l2", [0.0, 1e-3])
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 def test_hand_sgd_matches_torch_sgd(momentum, l2):
-    """The RBM pretraining's own SGD step (cd.train_cd) against the generic loop with torch.optim.SGD: the
+    """The RBM pretraining's own SGD step (cd.train_cd) against the generic loop with SGD.step: the
     same parameters and momentum buffers, to float rounding (the fused weight update rounds differently)."""
     x, y = prototypes_data()
     data = batches(x, y)

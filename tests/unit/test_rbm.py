@@ -8,6 +8,7 @@ import torch
 
 from deepgrid.data.dataset import ArrayDataset
 from deepgrid.models.base import Model
+from deepgrid.models.optimizers import Adam
 from deepgrid.models.rbm import RBM, RBMLayer
 from deepgrid.train.loop import fit
 from tests.helpers import PROTOTYPE_CLASSES as N_CLASSES
@@ -147,7 +148,7 @@ def test_pretrain_optimizer_settings_come_from_the_layer():
                       layers={0: {"pretrain_lr": 0.03}})
     assert model.phase_optimizer_settings("pretrain:0") == ("adam", 0.03, 0.3, 1e-4)
     assert model.phase_optimizer_settings("finetune") == ("sgd", 0.5, 0.3, 1e-4)
-    assert isinstance(model.optimizer("pretrain:0"), torch.optim.Adam)
+    assert isinstance(model.optimizer("pretrain:0"), Adam)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -111,10 +111,6 @@ class Worker:
             # otherwise pay for mapping them in, and its round with it.
             float(self.data.x.sum())
         self._phase_index = {p.name: i for i, p in enumerate(self.model.phases())}
-        # Made now, not on the first job: the first optimizer a process makes imports torch's
-        # compiler stack (about 1.5 s), which would stall the first round for every worker.
-        for phase in self._phase_index:
-            self.model.optimizer(phase)
         self._orders: dict[tuple[str, int], torch.Tensor] = {}
         self._blocks: dict[tuple[str, int, int], tuple[int, torch.Tensor]] = {}  # shard -> (first, order)
         self.job: Job | None = None  # the job being trained: the strategy plugin's hooks may read it

@@ -35,6 +35,7 @@ from deepgrid.data.arrays import as_features, as_labels
 from deepgrid.errors import ModelError
 from deepgrid.models.evaluation import Evaluation
 from deepgrid.models.files import load_model_files, save_model_files
+from deepgrid.models.optimizers import SGD, Adagrad, Adam, Optimizer
 
 Batch = tuple[Tensor, Tensor]  # x: (B, n_in) float32, y: (B,) int64
 
@@ -69,7 +70,7 @@ class Model:
         self.conf = conf if conf is not None else NeuralNetConfiguration(**fields)
         torch.manual_seed(self.conf.seed)
         self.module = self.build()
-        self._optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._optimizers: dict[str, Optimizer] = {}
 
     # -- what a subclass writes ------------------------------------------------
     def build(self) -> nn.Module:
@@ -123,7 +124,7 @@ class Model:
             n += len(x)
         return StepResult(n, float(total) / max(n, 1))
 
-    def optimizer(self, phase: str) -> torch.optim.Optimizer:
+    def optimizer(self, phase: str) -> Optimizer:
         """The optimizer of ``phase``, made on first use and kept (its state is this worker's)."""
         if phase not in self._optimizers:
             self._optimizers[phase] = make_optimizer(
@@ -219,14 +220,14 @@ class Model:
 
 
 def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float,
-                   l2: float) -> torch.optim.Optimizer:
-    """The optimizers a configuration may name."""
+                   l2: float) -> Optimizer:
+    """The optimizers a configuration may name (``models/optimizers.py``: torch.optim's maths)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=l2)
+        return SGD(params, lr=lr, momentum=momentum, weight_decay=l2)
     if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=l2)
+        return Adagrad(params, lr=lr, weight_decay=l2)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=l2)
+        return Adam(params, lr=lr, weight_decay=l2)
     raise ModelError(f"Unknown optimizer {name!r}; expected one of 'sgd', 'adagrad', 'adam'.")
 
 

@@ -4,7 +4,7 @@ hand, and the precision of its products (``precision: bf16``).
 The products of one CD-1 step (up, down, up, and the outer products as one product) are the step's
 floor: ``bench/bench_rbm.py`` times them bare, beside the whole step. What remains is kept small
 here. ``Scratch`` holds every intermediate, so no batch allocates; ``train_cd`` steps plain SGD by
-hand (``sgd_step``: the very operations of ``torch.optim.SGD``; from the second step the weight's
+hand (``sgd_step``: the very operations of the SGD optimizer; from the second step the weight's
 momentum update is fused into its gradient's product), keeping the momentum buffers in the
 optimizer's state so that ``state_dict`` and the strategies that move optimizer state see them.
 """
@@ -21,6 +21,7 @@ from torch import Tensor
 
 from deepgrid.errors import ConfigError
 from deepgrid.models.base import Batch, Model, StepResult
+from deepgrid.models.optimizers import SGD, Optimizer, sgd_update
 
 if TYPE_CHECKING:
     from deepgrid.models.rbm import RBMLayer
@@ -70,43 +71,23 @@ def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
-def hand_sgd(optimizer: torch.optim.Optimizer, on_gradients: Callable[[int], None] | None) -> tuple[float, float, float] | None:
+def hand_sgd(optimizer: Optimizer, on_gradients: Callable[[int], None] | None) -> tuple[float, float, float] | None:
     """(lr, momentum, weight decay) when ``sgd_step`` may stand in for ``optimizer.step()``, else None.
 
-    Only plain SGD (no Nesterov, dampening or maximize) qualifies, and only without a gradient hook:
-    a strategy that combines gradients goes through the optimizer as every model does."""
-    if on_gradients is not None or type(optimizer) is not torch.optim.SGD or len(optimizer.param_groups) != 1:
+    Only SGD qualifies, and only without a gradient hook: a strategy that combines gradients goes
+    through the optimizer as every model does."""
+    if on_gradients is not None or type(optimizer) is not SGD or len(optimizer.param_groups) != 1:
         return None
     group = optimizer.param_groups[0]
-    if group["nesterov"] or group["dampening"] or group["maximize"] or isinstance(group["lr"], Tensor):
-        return None
     return group["lr"], group["momentum"], group["weight_decay"]
 
 
-@torch.no_grad()
-def sgd_step(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor], lr: float,
+def sgd_step(optimizer: Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor], lr: float,
              momentum: float, weight_decay: float) -> None:
-    """One step of torch.optim.SGD (no Nesterov, no dampening): the operations of its single-tensor
-    path, its CPU default, as foreach calls (which run those same operations tensor by tensor, so
-    the same floats) with none of its per-step bookkeeping. Weight decay goes into ``grads`` in
-    place: they are the CD step's own buffers, rewritten every batch."""
-    if weight_decay != 0:
-        torch._foreach_add_(grads, params, alpha=weight_decay)
-    if momentum != 0:
-        states = [optimizer.state[p] for p in params]
-        bufs = [state.get("momentum_buffer") for state in states]
-        if None in bufs:  # the first step: the buffer starts as the gradient
-            for state, buf, grad in zip(states, bufs, grads, strict=True):
-                if buf is None:
-                    state["momentum_buffer"] = grad.detach().clone()
-                else:
-                    buf.mul_(momentum).add_(grad, alpha=1)
-            bufs = [state["momentum_buffer"] for state in states]
-        else:
-            torch._foreach_mul_(bufs, momentum)
-            torch._foreach_add_(bufs, grads, alpha=1)
-        grads = bufs
-    torch._foreach_add_(params, grads, alpha=-lr)
+    """One step of the optimizer's SGD along the CD step's gradients, with none of ``step``'s
+    per-call work. Weight decay goes into ``grads`` in place: they are the CD step's own buffers,
+    rewritten every batch."""
+    sgd_update(optimizer.state, params, grads, lr, momentum, weight_decay, grads_are_scratch=True)
 
 
 def precision(model: Model) -> torch.dtype | None:
@@ -117,7 +98,7 @@ def precision(model: Model) -> torch.dtype | None:
 def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
              on_gradients: Callable[[int], None] | None) -> StepResult | None:
     """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (the maths of
-    torch.optim.SGD, without its bookkeeping; the floats round differently only where the weight's
+    the SGD optimizer, without its bookkeeping; the floats round differently only where the weight's
     momentum update is fused into its product); None where the phase needs the generic loop (another
     optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
     optimizer = model.optimizer(phase)
