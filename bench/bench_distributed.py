@@ -10,7 +10,9 @@ initialisation and the same per-epoch shuffle:
   (b) deepgrid, 1 worker  (ActorNetworkRunner, Ray actors, averaging every K batches);
   (c) deepgrid, 2 workers;
   (d) PyTorch DDP, gloo, 2 processes (torch.multiprocessing.spawn), 1 thread each;
-  (e) Ray Train TorchTrainer, 2 workers of 1 CPU each.
+  (e) Ray Train TorchTrainer, 2 workers of 1 CPU each;
+  (f) two hand-written loops at once, each on its half of the data, no communication at all: what
+      this machine gives two processes (the ceiling for 2 workers / 1 worker, measured in the run).
 
 Samples/s is measured inside each training loop (deepgrid: ``runner.samples_per_s``,
 i.e. ``runner.train()``'s own clock); wall time is end to end, including starting
@@ -26,6 +28,8 @@ ragged tail dropped) and cut each shard into batches of 64.
     .venv/bin/python bench/bench_distributed.py                 # defaults: 2 epochs, K = 100
     .venv/bin/python bench/bench_distributed.py --quick         # 10k examples, 1 epoch: smoke run
     .venv/bin/python bench/bench_distributed.py --sweep-k 10,20,50,100 --skip-ray-train --skip-ddp
+    .venv/bin/python bench/bench_distributed.py --epochs 4 --repeat 5 --skip-ray-train --skip-ddp
+                                                                # (b), (c) alternated 5 times: median ratio
 
 Ray Train needs ``ray[train]`` (pandas, pyarrow, tensorboardX):
 ``.venv/bin/pip install -c constraints.txt "ray[train]"``; without it, (e) is
@@ -36,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -164,6 +170,39 @@ def run_dbn(workers: int, quick: bool) -> Row:
                {"rounds": runner.round, "workers": workers})
 
 
+# -- (f) two hand-written loops at once ----------------------------------------------------------
+
+
+def _loop_process(rank: int, world: int, limit: int | None, epochs: int, barrier: Any, results: Any) -> None:
+    torch.set_num_threads(1)
+    train, _ = load_data(limit)
+    module = build_mlp()
+    opt = torch.optim.SGD(module.parameters(), lr=LR, momentum=MOMENTUM)
+    barrier.wait()  # both loops start together, after their imports and data
+    samples, start = 0, time.perf_counter()
+    for epoch in range(epochs):
+        samples += train_epoch(module, opt, train.x, train.y, epoch_batches(len(train.x), epoch, rank, world))[0]
+    results.put((samples, time.perf_counter() - start))
+
+
+def run_two_loops(limit: int | None, epochs: int, world: int = 2) -> Row:
+    """(a)'s loop in ``world`` processes at once, each on its DDP-style shard, sharing nothing: the
+    samples/s two processes get from this machine at this moment (their shared caches, memory and
+    whatever else runs), so 2 workers / 1 worker can be read against (f) / (a)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(world), ctx.Queue()
+    procs = [ctx.Process(target=_loop_process, args=(rank, world, limit, epochs, barrier, results))
+             for rank in range(world)]
+    for proc in procs:
+        proc.start()
+    done = [results.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    samples, seconds = sum(n for n, _ in done), max(t for _, t in done)
+    return Row(f"(f) {world} PyTorch loops at once, no comms", samples / seconds, None, None, None, seconds, samples,
+               {"per_process": [round(n / t) for n, t in done]})
+
+
 # -- (d) DDP --------------------------------------------------------------------------------------
 
 
@@ -255,6 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help=f"first {QUICK_LIMIT:,} training examples, 1 epoch")
     p.add_argument("--dbn", action="store_true",
                    help="also train examples/dbn.yaml with 1 and 2 workers (target: within 0.5 points)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run (b) and (c) this many times, alternated; the 2 workers / 1 worker verdict takes "
+                        "the median of the pairs' ratios (this machine's speed changes from minute to minute)")
+    p.add_argument("--skip-two-loops", action="store_true", help="skip (f), the two independent loops")
     p.add_argument("--skip-ddp", action="store_true")
     p.add_argument("--skip-ray-train", action="store_true")
     args = p.parse_args(argv)
@@ -295,8 +338,18 @@ def main(argv: list[str] | None = None) -> int:
         return row
 
     attempt("hand", "(a) PyTorch loop, 1 thread", run_hand, train, test, epochs)
-    attempt("dg1", "(b) deepgrid 1 worker", run_deepgrid, train, test, 1, args.k, epochs)
-    attempt("dg2", "(c) deepgrid 2 workers", run_deepgrid, train, test, 2, args.k, epochs)
+    pairs: list[tuple[Row, Row]] = []
+    for i in range(max(args.repeat, 1)):
+        suffix = f" (pair {i + 1})" if args.repeat > 1 else ""
+        one = attempt("dg1" if i == 0 else f"pair{i}-dg1", "(b) deepgrid 1 worker" + suffix, run_deepgrid, train,
+                      test, 1, args.k, epochs)
+        two = attempt("dg2" if i == 0 else f"pair{i}-dg2", "(c) deepgrid 2 workers" + suffix, run_deepgrid, train,
+                      test, 2, args.k, epochs)
+        pairs.append((one, two))
+    if args.skip_two_loops:
+        rows["loops"] = Row("(f) 2 PyTorch loops at once, no comms", error="skipped (--skip-two-loops)")
+    else:
+        attempt("loops", "(f) 2 PyTorch loops at once", run_two_loops, limit, epochs)
     if args.skip_ddp:
         rows["ddp"] = Row("(d) PyTorch DDP gloo, 2 procs", error="skipped (--skip-ddp)")
     else:
@@ -325,16 +378,34 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()
     others = monitor.read() / (time.perf_counter() - bench_start)
     monitor.stop()
-    print_table([row for key, row in rows.items() if not key.startswith(("sweep", "dbn"))],
+    print_table([row for key, row in rows.items() if not key.startswith(("sweep", "dbn", "pair"))],
                 "Results (samples/s inside the training loop; per CPU-s = samples per CPU second its processes "
                 "used in the loop; wall = end to end with start-up)")
     r = ratios(rows)
+    pair_ratios = [two.samples_per_s / one.samples_per_s for one, two in pairs
+                   if one.samples_per_s and two.samples_per_s]
+    if len(pairs) > 1:
+        print(f"\n(b) and (c) alternated {len(pairs)} times (samples/s, 1 worker -> 2 workers: ratio)")
+        for i, (one, two) in enumerate(pairs):
+            shown = f"{two.samples_per_s / one.samples_per_s:.3f}" if one.samples_per_s and two.samples_per_s else "-"
+            print(f"  pair {i + 1}: {_fmt(one.samples_per_s, ',.0f')} -> {_fmt(two.samples_per_s, ',.0f')}: {shown}")
+        if pair_ratios:
+            r["dg2_over_dg1"] = statistics.median(pair_ratios)
+            print(f"  median {r['dg2_over_dg1']:.3f} (the verdict below)")
     print("\nRatios and targets")
     for key, (desc, op, bound) in TARGETS.items():
         value = r[key]
         shown = "-" if value is None else (f"{value:+.2f}" if op == "abs<=" else f"{value:.3f}")
         target = f"|x| <= {bound}" if op == "abs<=" else f"{op} {bound}"
         print(f"  {desc:<52} {shown:>8}   target {target:<10} {verdict(value, op, bound)}")
+    loops, hand = rows.get("loops"), rows.get("hand")
+    if loops is not None and loops.samples_per_s and hand is not None and hand.samples_per_s:
+        ceiling = loops.samples_per_s / hand.samples_per_s
+        r["loops_over_hand"] = ceiling
+        twos = [two.samples_per_s for _, two in pairs if two.samples_per_s]
+        share = statistics.median(twos) / loops.samples_per_s if twos else None
+        print(f"  (not a target) this machine's 2-process ceiling, (f) / (a): {ceiling:.3f}; "
+              f"deepgrid 2 workers (median) / (f): {_fmt(share, '.3f')}")
     cpu_ratios = cpu_efficiency(rows)
     print("  (not targets) samples per CPU-second, which other load does not change much: "
           + "; ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in cpu_ratios.items()))
@@ -355,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "same_init": same_init, "load_before": [round(v, 2) for v in load], "load_after": [round(v, 2) for v in load_after],
         "others_cpu": round(others, 2),
         "results": {key: asdict(row) for key, row in rows.items() if not key.startswith("sweep")},
+        "pair_ratios": pair_ratios,
         "ratios": r, "cpu_efficiency_ratios": cpu_ratios, "verdicts": {key: verdict(r[key], op, bound) for key, (_, op, bound) in TARGETS.items()},
         "sweep": [asdict(row) for row in sweep_rows],
         "dbn": [asdict(row) for row in dbn_rows], "dbn_gap_points": dbn_gap,
