@@ -46,6 +46,13 @@ LEAN_SETTINGS = {
     # Each node's agent gathers the machine's and every worker's statistics for Ray's dashboard, every
     # 5 s by default; once a minute: 0.5% of a core less (three nodes).
     "REPORTER_UPDATE_INTERVAL_MS": "60000",
+    # A Ray process that connects to a socket of its node (the raylet, the object store) before that
+    # socket listens tries again a second later, 10 times by default; here every 0.1 s, 100 times (the
+    # same 10 s in all). Starting a local Ray, the raylet's own first try often comes too early, and
+    # the second cost a whole second: `ray.init` took 3.3-3.6 s instead of 2.2-2.4 in 3 of 8 tries,
+    # against 1 of 8 with these (alternated; bench/README.md, "Start-up").
+    "RAY_raylet_client_connect_timeout_milliseconds": "100",
+    "RAY_raylet_client_num_connect_attempts": "100",
 }
 
 
