@@ -427,6 +427,10 @@ def _ddp_process(rank: int, world: int, port: int, limit: int | None, plan: Plan
         if rank == 0:
             with open(out_path, "w") as f:
                 json.dump(out, f)
+        # No rank tears gloo down while another still works (rank 0 tests its copies before writing):
+        # a rank that did so aborted twice on 2026-11-30 ("terminate called without an active
+        # exception"), and mp.spawn then killed rank 0 before it had written the run's results.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -442,9 +446,9 @@ def run_ddp(limit: int | None, plan: Plan, world: int = 2) -> tuple[dict[str, An
         try:
             mp.spawn(_ddp_process, args=(world, free_port(), limit, plan, out_path), nprocs=world, join=True)
         except mp.ProcessExitedException as e:
-            # Seen once (2026-11-30): a rank aborted with "terminate called without an active exception"
-            # as gloo's threads were torn down at its exit. Rank 0 writes its results only after the last
-            # all-reduce, so with them on disk every rank had trained to the end: keep them, and say so.
+            # A rank that aborts as gloo is torn down ("terminate called without an active exception",
+            # seen on 2026-11-30) after rank 0 wrote its results: those come after the last all-reduce,
+            # so every rank had trained to the end. Keep them, and say so.
             if not os.path.exists(out_path):
                 raise
             print(f"DDP: {e} after training to the end (its results were written); kept", file=sys.stderr)
