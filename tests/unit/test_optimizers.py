@@ -34,10 +34,13 @@ def net() -> nn.Module:
     return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
-def train(module: nn.Module, optimizer, steps: int, seed: int = 1) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
+def train(module: nn.Module, optimizer, steps: int, skip: int = 0) -> None:
+    """``steps`` steps on random batches of a fixed stream, the first ``skip`` of its batches left out."""
+    generator = torch.Generator().manual_seed(1)
+    for step in range(skip + steps):
         x, y = torch.randn(8, 12, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+        if step < skip:
+            continue
         optimizer.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(module(x), y).backward()
         optimizer.step()
@@ -71,14 +74,7 @@ def test_a_state_dict_carries_the_run_on(name, ours, theirs):
     resumed = copy.deepcopy(half)
     opt_resumed = ours(resumed.parameters())
     opt_resumed.load_state_dict(saved)
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(3):  # the data of steps 4-6
-        torch.randn(8, 12, generator=generator), torch.randint(0, 3, (8,), generator=generator)
-    for _ in range(3):
-        x, y = torch.randn(8, 12, generator=generator), torch.randint(0, 3, (8,), generator=generator)
-        opt_resumed.zero_grad()
-        nn.functional.cross_entropy(resumed(x), y).backward()
-        opt_resumed.step()
+    train(resumed, opt_resumed, 3, skip=3)  # steps 4-6
     for p, q in zip(whole.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(p, q), name
 
