@@ -4,7 +4,7 @@ hand, and the precision of its products (``precision: bf16``).
 The products of one CD-1 step (up, down, up, and the outer products as one product) are the step's
 floor: ``bench/bench_rbm.py`` times them bare, beside the whole step. What remains is kept small
 here. ``Scratch`` holds every intermediate, so no batch allocates; ``train_cd`` steps plain SGD by
-hand (``sgd_step``: the very operations of the SGD optimizer; from the second step the weight's
+hand (``optimizers.sgd_update``, the SGD optimizer's own update; from the second step the weight's
 momentum update is fused into its gradient's product), keeping the momentum buffers in the
 optimizer's state so that ``state_dict`` and the strategies that move optimizer state see them.
 """
@@ -72,7 +72,7 @@ def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
 
 
 def hand_sgd(optimizer: Optimizer, on_gradients: Callable[[int], None] | None) -> tuple[float, float, float] | None:
-    """(lr, momentum, weight decay) when ``sgd_step`` may stand in for ``optimizer.step()``, else None.
+    """(lr, momentum, weight decay) when ``sgd_update`` may stand in for ``optimizer.step()``, else None.
 
     Only SGD qualifies, and only without a gradient hook: a strategy that combines gradients goes
     through the optimizer as every model does."""
@@ -80,14 +80,6 @@ def hand_sgd(optimizer: Optimizer, on_gradients: Callable[[int], None] | None) -
         return None
     group = optimizer.param_groups[0]
     return group["lr"], group["momentum"], group["weight_decay"]
-
-
-def sgd_step(optimizer: Optimizer, params: Sequence[Tensor], grads: Sequence[Tensor], lr: float,
-             momentum: float, weight_decay: float) -> None:
-    """One step of the optimizer's SGD along the CD step's gradients, with none of ``step``'s
-    per-call work. Weight decay goes into ``grads`` in place: they are the CD step's own buffers,
-    rewritten every batch."""
-    sgd_update(optimizer.state, params, grads, lr, momentum, weight_decay, grads_are_scratch=True)
 
 
 def precision(model: Model) -> torch.dtype | None:
@@ -125,7 +117,9 @@ def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch]
                 fused = (len(v), bufs) if momentum != 0 and dtype is None and None not in bufs else None
             if fused is None:
                 layer.cd_step(v, dtype, scratch=s)
-                sgd_step(optimizer, params, s.grads, *settings)
+                # s.grads are the CD step's own buffers, rewritten every batch: weight decay may go
+                # into them in place.
+                sgd_update(optimizer.state, params, s.grads, *settings, grads_are_scratch=True)
                 fused = None
             else:
                 bufs = fused[1]

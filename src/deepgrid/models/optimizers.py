@@ -116,8 +116,8 @@ def sgd_update(state: defaultdict[Tensor, dict[str, Any]], params: Sequence[Tens
     rewritten every batch); otherwise they are left as they were, as torch.optim leaves ``p.grad``.
 
     Tensor by tensor, as torch.optim's single-tensor path: a parameter, its gradient and its buffer
-    are still in cache for the next pass over them (foreach calls over all of them were 40% slower
-    for the MLP's 0.9 MB first layer)."""
+    are still in cache for the next pass over them (foreach calls, three passes over all of them,
+    took 177-267 us a step of the bench's MLP against 103 us this way and 124 us for torch.optim)."""
     for p, grad in zip(params, grads, strict=True):
         if weight_decay != 0:
             grad = grad.add_(p, alpha=weight_decay) if grads_are_scratch else grad.add(p, alpha=weight_decay)
