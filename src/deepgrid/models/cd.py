@@ -4,8 +4,8 @@ hand, and the precision of its products (``precision: bf16``).
 The products of one CD-1 step (up, down, up, and the outer products as one product) are the step's
 floor: ``bench/bench_rbm.py`` times them bare, beside the whole step. What remains is kept small
 here. ``Scratch`` holds every intermediate, so no batch allocates; ``train_cd`` steps plain SGD by
-hand (``optimizers.sgd_update``, the SGD optimizer's own update; from the second step the weight's
-momentum update is fused into its gradient's product), keeping the momentum buffers in the
+hand (``optimizers.sgd_update``, the SGD optimizer's own update; from the second step the momentum
+update is fused into the gradients' products), keeping the momentum buffers in the
 optimizer's state so that ``state_dict`` and the strategies that move optimizer state see them.
 """
 
@@ -90,8 +90,8 @@ def precision(model: Model) -> torch.dtype | None:
 def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
              on_gradients: Callable[[int], None] | None) -> StepResult | None:
     """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (the maths of
-    the SGD optimizer, without its bookkeeping; the floats round differently only where the weight's
-    momentum update is fused into its product); None where the phase needs the generic loop (another
+    the SGD optimizer, without its bookkeeping; the floats round differently only where the
+    momentum update is fused into the gradients' products); None where the phase needs the generic loop (another
     optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
     optimizer = model.optimizer(phase)
     settings = hand_sgd(optimizer, on_gradients)
@@ -106,15 +106,15 @@ def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch]
     with torch.no_grad():
         for x, _ in batches:
             v = inputs(x)
-            if fused is None or len(v) != fused[0]:
+            if fused is None or v.shape[0] != fused[0]:
                 if s is not None:
                     total += s.error[0]
                 s = layer._scratch_for(v, dtype)
                 s.error.zero_()
                 bufs = [state.get("momentum_buffer") for state in states]
-                # Once SGD has its momentum buffers (from its first step), the weight's momentum update
-                # goes into its gradient's product (float32; Scratch.gradients) and the rest are foreach.
-                fused = (len(v), bufs) if momentum != 0 and dtype is None and None not in bufs else None
+                # Once SGD has its momentum buffers (from its first step), the momentum update goes into
+                # the gradients' products (float32; Scratch.gradients).
+                fused = (v.shape[0], bufs) if momentum != 0 and dtype is None and None not in bufs else None
             if fused is None:
                 layer.cd_step(v, dtype, scratch=s)
                 # s.grads are the CD step's own buffers, rewritten every batch: weight decay may go
@@ -123,14 +123,11 @@ def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch]
                 fused = None
             else:
                 bufs = fused[1]
-                layer.cd_step(v, dtype, bufs[0], momentum, s)  # bufs[0] = momentum x bufs[0] + dW
+                layer.cd_step(v, dtype, bufs, momentum, s)  # bufs = momentum x bufs + gradients
                 if weight_decay != 0:
-                    torch._foreach_add_(s.grads[1:], biases, alpha=weight_decay)
-                    bufs[0].add_(weight, alpha=weight_decay)
-                torch._foreach_mul_(bufs[1:], momentum)
-                torch._foreach_add_(bufs[1:], s.grads[1:], alpha=1)
+                    torch._foreach_add_(bufs, params, alpha=weight_decay)
                 torch._foreach_add_(params, bufs, alpha=-lr)
-            n += len(x)
+            n += v.shape[0]  # (shape, not len: Tensor.__len__ is Python, a microsecond a call)
         if s is not None:
             total += s.error[0]
     return StepResult(n, float(total) / max(n * layer.n_visible, 1))
@@ -154,24 +151,27 @@ class Scratch:
             return torch.empty(shape, device=device, dtype=dt)
 
         self.hiddens = new(2 * b, n_hidden)  # rows :b the negative phase, b: the positive
+        self.hiddens_t = self.hiddens.t()
         self.visibles = new(2 * b, n_visible)
         self.h_neg, self.h_pos = self.hiddens[:b], self.hiddens[b:]
         self.v_neg, self.v_pos = self.visibles[:b], self.visibles[b:]
         self.sample = new(b, n_hidden)
-        # Binary samples on the CPU compare 16-bit uniforms (four per 64 random bits of numpy's PCG64,
-        # the layer's ``bits``) with 65536 p - 32768: about 20 us for 64 x 256 units where torch.rand's
-        # mt19937 floats take 50 (measured on this project's EPYC). P(sample = 1) = ceil(65536 p) / 65536.
+        # Binary samples on the CPU compare uniforms k / 65536 with the means, k 16 random bits (four per
+        # 64 of numpy's PCG64, the layer's ``bits``), made into float32 by numpy: about 20 us for 64 x 256
+        # units where torch.rand's mt19937 floats take 50-70 (measured on this project's EPYC; torch's
+        # own int16-to-float conversion inside a comparison took 28). P(sample = 1) = ceil(65536 p) / 65536.
         self.fast_bernoulli = device.type == "cpu"
-        self.threshold = new(b, n_hidden, dt=torch.float32)
-        self.offset = torch.full((1,), -32768.0, device=device)
-        # Column sums as matrix-vector products: a third of the time of torch.sum(dim=0) at these shapes.
-        self.ones, self.means = torch.ones(2 * b, device=device, dtype=dtype), torch.full((b,), 1.0 / b, device=device, dtype=dtype)
         self.n_raw = (b * n_hidden + 3) // 4
+        self.uniform_np = np.empty(b * n_hidden, dtype=np.float32)
+        self.uniform = torch.from_numpy(self.uniform_np).view(b, n_hidden)
+        # Column sums as matrix-vector products: a third of the time of torch.sum(dim=0) at these shapes.
+        # (2B,): 1/B for the negative rows, -1/B for the positive: mean(h_neg) - mean(h0) in one product.
+        self.signed = torch.cat((torch.ones(b), -torch.ones(b))).mul_(1.0 / b).to(device, dtype)
+        self.means = torch.full((b,), 1.0 / b, device=device, dtype=dtype)
+        self.scale = 1.0 / b  # of the weight gradient's product
         self.diff = new(b, n_visible)  # v_neg - v0
-        self.flat_diff, self.row_diff = self.diff.view(-1), self.diff.view(1, -1)
+        self.flat_diff, self.row_diff, self.diff_t = self.diff.view(-1), self.diff.view(1, -1), self.diff.t()
         self.error = torch.zeros(1, device=device)  # summed squared errors, added to by each batch
-        # (2B, 1): 1/B for the negative rows, -1/B for the positive: h_neg / B and -h0 / B in one pass.
-        self.signed_scale = torch.cat((torch.ones(b), -torch.ones(b))).mul_(1.0 / b).view(-1, 1).to(device, dtype)
         self.reconstruction = new(b, n_visible)  # PCD's E[v | E[h | v0]]
         self.grads = (new(n_hidden, n_visible, dt=param_dtype), new(n_hidden, dt=param_dtype),
                       new(n_visible, dt=param_dtype))
@@ -187,9 +187,9 @@ class Scratch:
         """A 0/1 sample of each unit with probability ``mean``, into ``sample``."""
         if not self.fast_bernoulli:  # a GPU draws its own uniforms fast
             return self.sample.uniform_().lt_(mean)
-        uniform16 = torch.from_numpy(bits.random_raw(self.n_raw).view(np.int16)[: mean.numel()]).view(mean.shape)
-        torch.add(self.offset, mean, alpha=65536, out=self.threshold)
-        return torch.lt(uniform16, self.threshold, out=self.sample)
+        np.multiply(bits.random_raw(self.n_raw).view(np.uint16)[: self.uniform_np.size], np.float32(1.0 / 65536),
+                    out=self.uniform_np)
+        return torch.lt(self.uniform, mean, out=self.sample)
 
     def load(self) -> None:
         """Refresh the parameters' copies in ``dtype`` (bf16 only: float32 uses the parameters)."""
@@ -205,23 +205,29 @@ class Scratch:
         else:
             torch.addmv(self.error, self.row_diff, self.flat_diff, out=self.error)
 
-    def gradients(self, momentum_buffer: Tensor | None = None, momentum: float = 0.0) -> None:
-        """``grads`` = (hiddens^T visibles, column sums of hiddens, column means of ``diff``).
+    def gradients(self, momentum_buffers: Sequence[Tensor] | None = None, momentum: float = 0.0) -> None:
+        """``grads`` = (hiddens^T visibles / B, hiddens^T ``signed``, column means of ``diff``): with
+        ``visibles`` = [v_neg; -v0], the CD gradient of the weight, the hidden and the visible biases.
 
-        Given SGD's ``momentum_buffer`` of the weight, the product goes straight into it instead,
-        as momentum x buffer + hiddens^T visibles: the update SGD makes, without writing the weight
-        gradient out and reading it back (about 60 us a batch at 784x256; floats round differently
-        from the optimizer's separate passes in the last bits)."""
+        Given SGD's ``momentum_buffers`` (in ``grads``' order), the gradients go straight into them
+        instead, as momentum x buffer + gradient: the update SGD makes, without writing each gradient
+        out and reading it back (about 60 us a batch at 784x256; floats round differently from the
+        optimizer's separate passes in the last bits)."""
+        hiddens_t = self.hiddens_t
+        if momentum_buffers is not None:
+            weight, hidden_bias, visible_bias = momentum_buffers
+            torch.addmm(weight, hiddens_t, self.visibles, beta=momentum, alpha=self.scale, out=weight)
+            torch.addmv(hidden_bias, hiddens_t, self.signed, beta=momentum, out=hidden_bias)
+            torch.addmv(visible_bias, self.diff_t, self.means, beta=momentum, out=visible_bias)
+            return
         weight, hidden_bias, visible_bias = self.grads
-        if momentum_buffer is not None:
-            torch.addmm(momentum_buffer, self.hiddens.t(), self.visibles, beta=momentum, out=momentum_buffer)
-            torch.mv(self.hiddens.t(), self.ones, out=hidden_bias)
-            torch.mv(self.diff.t(), self.means, out=visible_bias)
-        elif self.cast:
-            weight.copy_(torch.mm(self.hiddens.t(), self.visibles, out=self.product))
-            torch.sum(self.hiddens, dim=0, dtype=weight.dtype, out=hidden_bias)
+        if self.cast:  # bf16 products, float32 sums
+            weight.copy_(torch.addmm(self.product, hiddens_t, self.visibles, beta=0, alpha=self.scale, out=self.product))
+            torch.sum(self.h_neg, dim=0, dtype=weight.dtype, out=hidden_bias)
+            hidden_bias.sub_(torch.sum(self.h_pos, dim=0, dtype=weight.dtype))
+            hidden_bias.mul_(self.scale)
             torch.mean(self.diff, dim=0, dtype=weight.dtype, out=visible_bias)
         else:
-            torch.mm(self.hiddens.t(), self.visibles, out=weight)
-            torch.mv(self.hiddens.t(), self.ones, out=hidden_bias)
-            torch.mv(self.diff.t(), self.means, out=visible_bias)
+            torch.addmm(weight, hiddens_t, self.visibles, beta=0, alpha=self.scale, out=weight)
+            torch.mv(hiddens_t, self.signed, out=hidden_bias)
+            torch.mv(self.diff_t, self.means, out=visible_bias)

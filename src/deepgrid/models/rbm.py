@@ -242,14 +242,15 @@ class RBMLayer(nn.Module):
         self.linear.weight.grad, self.linear.bias.grad, self.visible_bias.grad = s.grads
         return s.v_neg, s.error[0] / v0.numel()
 
-    def cd_step(self, v0: Tensor, dtype: torch.dtype | None, momentum_buffer: Tensor | None = None,
+    def cd_step(self, v0: Tensor, dtype: torch.dtype | None, momentum_buffers: Sequence[Tensor] | None = None,
                 momentum: float = 0.0, scratch: Scratch | None = None) -> Scratch:
         """``contrastive_divergence`` without setting ``.grad`` (under no_grad): the gradients are in
         the returned scratch's ``grads``, the summed squared reconstruction error in its ``error``.
-        With SGD's ``momentum_buffer`` of the weight, the weight gradient goes into it instead
-        (``Scratch.gradients``). ``scratch``: this batch's, when the caller has it already."""
+        With SGD's ``momentum_buffers`` (weight, hidden bias, visible bias), the gradients go into
+        them instead (``Scratch.gradients``). ``scratch``: this batch's, when the caller has it already."""
         s = scratch or self._scratch_for(v0, dtype)
-        s.load()
+        if s.cast:
+            s.load()
         if v0.dtype != s.dtype:
             v0 = s.v_pos.copy_(v0)
         pre0, h0 = self._up(v0, s.h_pos, s)  # shared by the positive phase and the first sample
@@ -273,20 +274,16 @@ class RBMLayer(nn.Module):
             self.chains.copy_(hidden)
             s.add_squared_error(self._down(h0, s.reconstruction, s), v0)
 
-        # The weight gradient (h_neg^T v_neg - h0^T v0) / B as one (n_hidden, 2B) x (2B, n_visible)
-        # product, faster than two half-size ones; 1/B is applied to the small factor.
-        sparsity = self._sparsity(h0)
-        if sparsity is None:
-            s.hiddens.mul_(s.signed_scale)  # (2B, n_hidden): h_neg / B, -h0 / B (the same floats as below)
-        else:
-            positive = h0.neg_()  # (B, n_hidden)
-            positive += sparsity  # the product then adds the penalty's weight gradient, sparsity x mean(v0)
-            s.hiddens.mul_(1.0 / len(v0))
-        if v0 is not s.v_pos:
-            s.v_pos.copy_(v0)  # (2B, n_visible)
         if self.k > 1 or self.persistent:  # CD-1's s.diff already holds v_neg - v0, from its error
             torch.sub(v_neg, v0, out=s.diff)
-        s.gradients(momentum_buffer, momentum)
+        # The weight gradient (h_neg^T v_neg - h0^T v0) / B as one (n_hidden, 2B) x (2B, n_visible)
+        # product of s.hiddens = [h_neg; h0] and s.visibles = [v_neg; -v0], faster than two half-size
+        # ones; 1/B is the product's alpha. The negation is the copy of v0 that the product needs anyway.
+        sparsity = self._sparsity(h0)
+        if sparsity is not None:
+            h0.sub_(sparsity)  # the product then adds the penalty's weight gradient, sparsity x mean(v0)
+        torch.neg(v0, out=s.v_pos)  # (2B, n_visible); in place where v0 is s.v_pos (bf16)
+        s.gradients(momentum_buffers, momentum)
         return s
 
     def _sparsity(self, h0: Tensor) -> Tensor | None:
