@@ -11,7 +11,7 @@ from deepgrid.errors import ConfigError
 from deepgrid.models import cd
 from deepgrid.models.autoencoder import StackedDenoisingAutoencoder
 from deepgrid.models.base import make_optimizer
-from deepgrid.models.dbn import DBN
+from deepgrid.models.dbn import DBN, LayerwiseModel
 from deepgrid.models.rbm import RBM, RBMLayer
 from tests.helpers import PROTOTYPE_CLASSES as N_CLASSES
 from tests.helpers import PROTOTYPE_FEATURES as N_IN
@@ -79,7 +79,7 @@ def test_bf16_gradient_is_close_to_float32():
 @pytest.mark.parametrize("momentum", [0.0, 0.5])
 def test_hand_sgd_matches_torch_sgd(momentum, l2):
     """The RBM pretraining's own SGD step (cd.train_cd) against the generic loop with SGD.step: the
-    same parameters and momentum buffers, to float rounding (the fused weight update rounds differently)."""
+    same parameters and momentum buffers, to float rounding (the fused momentum updates round differently)."""
     x, y = prototypes_data()
     data = batches(x, y)
     fast, slow = (RBM(**settings(hidden_layer_sizes=(16,), momentum=momentum, l2=l2)) for _ in range(2))
@@ -97,6 +97,27 @@ def test_hand_sgd_matches_torch_sgd(momentum, l2):
         for a, b in zip(opt_fast.param_groups[0]["params"], opt_slow.param_groups[0]["params"], strict=True):
             torch.testing.assert_close(opt_fast.state[a]["momentum_buffer"], opt_slow.state[b]["momentum_buffer"],
                                        rtol=1e-5, atol=1e-6)
+
+
+def test_hand_sgd_of_an_upper_dbn_layer_matches_the_generic_loop():
+    """A DBN's second layer: its inputs through the first layer's fixed views (DBN.train_step) and its
+    hand-stepped SGD against the generic loop (``_below``, then SGD.step), from the same first layer."""
+    x, y = prototypes_data()
+    data = batches(x, y)
+    fast, slow = (DBN(**settings(hidden_layer_sizes=(16, 12), l2=1e-3)) for _ in range(2))
+    slow.module.load_state_dict(fast.module.state_dict())
+    for model in (fast, slow):
+        torch.manual_seed(2)
+        model.train_step("pretrain:0", data)
+    torch.manual_seed(3)
+    for _ in range(3):
+        fast.train_step("pretrain:1", data)
+    torch.manual_seed(3)
+    for _ in range(3):
+        slow.layers[1].reseed_sampler()
+        super(LayerwiseModel, slow).train_step("pretrain:1", data)  # Model.train_step: the generic loop
+    for a, b in zip(fast.module.parameters(), slow.module.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_hand_sgd_only_for_plain_sgd():

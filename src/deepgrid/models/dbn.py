@@ -89,9 +89,13 @@ class LayerwiseModel(Model):
             below = [self.layers[i] for i in range(index)]
             if dtype is None and all(isinstance(layer, RBMLayer) for layer in below):
                 # Per batch only the products and activations of the layers below, into reused buffers.
+                # Their parameters stay fixed for the phase: their views are taken once, not per batch.
+                fixed = [(layer.linear.bias, layer.linear.weight.t(), layer.hidden_unit == "binary") for layer in below]
+
                 def inputs(x: Tensor) -> Tensor:
-                    for i, layer in enumerate(below):
-                        x = layer.mean_hiddens_into(x, self._buffer(i, x))
+                    for i, (bias, weight_t, binary) in enumerate(fixed):
+                        x = torch.addmm(bias, x, weight_t, out=self._buffer(i, x))
+                        x = x.sigmoid_() if binary else x.clamp_min_(0)
                     return x
             else:
                 def inputs(x: Tensor) -> Tensor:
@@ -110,10 +114,11 @@ class LayerwiseModel(Model):
     def _buffer(self, index: int, h: Tensor) -> Tensor:
         """The reused output of layer ``index`` for a batch like ``h``."""
         buffers = self.__dict__.setdefault("_outputs", {})
-        key = (index, len(h), h.device)  # (not a buffer of the module: no state_dict entry)
-        if key not in buffers:
-            buffers[key] = torch.empty(len(h), self.conf.hidden_layer_sizes[index], device=h.device, dtype=h.dtype)
-        return buffers[key]
+        key = (index, h.shape[0], h.device)  # (not a buffer of the module: no state_dict entry)
+        out = buffers.get(key)
+        if out is None:
+            out = buffers[key] = torch.empty(h.shape[0], self.conf.hidden_layer_sizes[index], device=h.device, dtype=h.dtype)
+        return out
 
     def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         index, dtype = layer_index(phase), precision(self)

@@ -128,11 +128,6 @@ class RBMLayer(nn.Module):
         """E[h | v], shape (B, n_hidden): the features a DBN passes up."""
         return self._hidden_mean(self.hidden_preactivation(v))
 
-    def mean_hiddens_into(self, v: Tensor, out: Tensor) -> Tensor:
-        """``mean_hiddens(v)`` written into ``out`` (B, n_hidden): no allocation (no autograd)."""
-        torch.addmm(self.linear.bias, v, self.linear.weight.t(), out=out)
-        return out.sigmoid_() if self.hidden_unit == "binary" else out.clamp_min_(0)
-
     def sample_hiddens(self, v: Tensor) -> Tensor:
         """A sample of h | v, shape (B, n_hidden)."""
         pre = self.hidden_preactivation(v)
