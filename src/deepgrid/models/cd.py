@@ -90,16 +90,15 @@ def precision(model: Model) -> torch.dtype | None:
 def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
              on_gradients: Callable[[int], None] | None) -> StepResult | None:
     """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (the maths of
-    the SGD optimizer, without its bookkeeping; the floats round differently only where the
-    momentum update is fused into the gradients' products); None where the phase needs the generic loop (another
-    optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
+    the SGD optimizer, without its bookkeeping; the floats round differently only where the momentum
+    update is fused into the gradients' products); None where the phase needs the generic loop
+    (another optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
     optimizer = model.optimizer(phase)
     settings = hand_sgd(optimizer, on_gradients)
     if settings is None:
         return None
     lr, momentum, weight_decay = settings
-    weight, biases = layer.linear.weight, [layer.linear.bias, layer.visible_bias]
-    dtype, params = precision(model), [weight, *biases]  # in s.grads' order
+    dtype, params = precision(model), [layer.linear.weight, layer.linear.bias, layer.visible_bias]  # s.grads' order
     states = [optimizer.state[p] for p in params]
     model.module.train()
     total, n, fused, s = torch.zeros(()), 0, None, None
@@ -158,12 +157,13 @@ class Scratch:
         self.sample = new(b, n_hidden)
         # Binary samples on the CPU compare uniforms k / 65536 with the means, k 16 random bits (four per
         # 64 of numpy's PCG64, the layer's ``bits``), made into float32 by numpy: about 20 us for 64 x 256
-        # units where torch.rand's mt19937 floats take 50-70 (measured on this project's EPYC; torch's
+        # units where torch.rand's mt19937 floats take 50-85 (measured on this project's EPYC; torch's
         # own int16-to-float conversion inside a comparison took 28). P(sample = 1) = ceil(65536 p) / 65536.
         self.fast_bernoulli = device.type == "cpu"
-        self.n_raw = (b * n_hidden + 3) // 4
-        self.uniform_np = np.empty(b * n_hidden, dtype=np.float32)
-        self.uniform = torch.from_numpy(self.uniform_np).view(b, n_hidden)
+        if self.fast_bernoulli:
+            self.n_raw = (b * n_hidden + 3) // 4
+            self.uniform_np = np.empty(b * n_hidden, dtype=np.float32)
+            self.uniform = torch.from_numpy(self.uniform_np).view(b, n_hidden)  # the same memory
         # Column sums as matrix-vector products: a third of the time of torch.sum(dim=0) at these shapes.
         # (2B,): 1/B for the negative rows, -1/B for the positive: mean(h_neg) - mean(h0) in one product.
         self.signed = torch.cat((torch.ones(b), -torch.ones(b))).mul_(1.0 / b).to(device, dtype)
