@@ -12,8 +12,8 @@ each, on the same Fashion-MNIST training images in [0, 1], batch 64, ``--threads
 * dbn 784-500-250-100, each layer's pretraining step (the input passes up through the fixed layers
   below, as ``pretrain:i`` does), its bound (those forward products + the layer's CD-1 products),
   and all three layers together (one pass over the data for each, as ``pretrain_epochs: 1``);
-* sda, one denoising-autoencoder layer 784 -> 500 (autograd), and its bound: the two forward
-  products and the three of the backward pass.
+* sda, one denoising-autoencoder layer 784 -> 500 (its hand-written step, as ``train_step`` runs
+  it with SGD), and its bound: the two forward products and the three of the backward pass.
 
 Rounds alternate the contenders, so the machine's load (others share the 2 cores) falls on all of
 them alike; the load average and the CPU other processes used in each round are printed. The lock

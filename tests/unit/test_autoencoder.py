@@ -93,3 +93,48 @@ def test_flat_params_round_trip():
     np.testing.assert_array_equal(a.get_flat_params(), b.get_flat_params())
     x, _ = prototypes_data(20)
     np.testing.assert_array_equal(a.predict_proba(x), b.predict_proba(x))
+
+
+@pytest.mark.parametrize("corruption", [0.0, 0.3])
+@pytest.mark.parametrize("unit", ["binary", "gaussian"])
+def test_hand_gradient_matches_autograd(unit, corruption):
+    """The hand-written step (``hand_step``) against autograd on ``reconstruction_loss``, from the
+    same corruption: the three gradients and the summed loss."""
+    torch.manual_seed(0)
+    layer = DenoisingAutoencoderLayer(N_IN, 7, visible_unit=unit, corruption_level=corruption)
+    x = torch.rand(16, N_IN) if unit == "binary" else torch.randn(16, N_IN)
+    torch.manual_seed(5)
+    layer.reseed_sampler()
+    loss = layer.reconstruction_loss(x, layer.corrupt(x))
+    loss.backward()
+    torch.manual_seed(5)
+    layer.reseed_sampler()
+    with torch.no_grad():
+        s = layer._scratch_for(x, None)
+        s.error.zero_()
+        layer.hand_step(x, None, scratch=s)
+    for hand, auto in zip(s.grads, (layer.linear.weight.grad, layer.linear.bias.grad, layer.visible_bias.grad), strict=True):
+        torch.testing.assert_close(hand, auto)
+    torch.testing.assert_close(s.error[0] / len(x), loss.detach())
+
+
+@pytest.mark.parametrize(("momentum", "l2"), [(0.0, 0.0), (0.5, 1e-3)])
+def test_hand_sgd_matches_the_generic_loop(momentum, l2):
+    """Both layers of an SdA pretrained through ``cd.train_by_hand`` (the upper one on the lower's fixed
+    views) against the generic loop (autograd, then SGD.step) from the same parameters and seed: the
+    same parameters and reported losses, to float rounding (fused momentum updates round differently)."""
+    x, y = prototypes_data()
+    data = batches(x, y)
+    fast, slow = small_sda(momentum=momentum, l2=l2), small_sda(momentum=momentum, l2=l2)
+    slow.module.load_state_dict(fast.module.state_dict())
+    for phase in ("pretrain:0", "pretrain:1"):
+        torch.manual_seed(3)
+        hand = [fast.train_step(phase, data).loss for _ in range(3)]
+        torch.manual_seed(3)
+        generic = []
+        for _ in range(3):
+            slow.layers[int(phase[-1])].reseed_sampler()  # as LayerwiseModel.train_step does first
+            generic.append(Model.train_step(slow, phase, data).loss)  # zero_grad, backward, optimizer.step
+        np.testing.assert_allclose(hand, generic, rtol=1e-5)
+        for a, b in zip(fast.module.parameters(), slow.module.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

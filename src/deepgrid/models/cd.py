@@ -1,11 +1,12 @@
-"""What makes an RBM's training step cheap: buffers reused from batch to batch, plain SGD stepped by
-hand, and the precision of its products (``precision: bf16``).
+"""What makes a pretraining layer's step cheap (an RBM's CD, a denoising autoencoder's
+reconstruction): buffers reused from batch to batch, plain SGD stepped by hand, random bits from
+numpy's PCG64, and the precision of the products (``precision: bf16``, RBMs only).
 
-The products of one CD-1 step (up, down, up, and the outer products as one product) are the step's
-floor: ``bench/bench_rbm.py`` times them bare, beside the whole step. What remains is kept small
-here. ``Scratch`` holds every intermediate, so no batch allocates; ``train_cd`` steps plain SGD by
-hand (``optimizers.sgd_update``, the SGD optimizer's own update; from the second step the momentum
-update is fused into the gradients' products), keeping the momentum buffers in the
+The products of one step are its floor: ``bench/bench_rbm.py`` times them bare, beside the whole
+step. What remains is kept small here. ``Scratch`` (the RBM's; the autoencoder's is
+``DAEScratch``) holds every intermediate, so no batch allocates; ``train_by_hand`` steps plain SGD
+by hand (``optimizers.sgd_update``, the SGD optimizer's own update; from the second step the
+momentum update is fused into the gradients' products), keeping the momentum buffers in the
 optimizer's state so that ``state_dict`` and the strategies that move optimizer state see them.
 """
 
@@ -24,7 +25,10 @@ from deepgrid.models.base import Batch, Model, StepResult
 from deepgrid.models.optimizers import SGD, Optimizer, sgd_update
 
 if TYPE_CHECKING:
+    from deepgrid.models.autoencoder import DenoisingAutoencoderLayer
     from deepgrid.models.rbm import RBMLayer
+
+    HandLayer = RBMLayer | DenoisingAutoencoderLayer
 
 PRECISIONS = {"float32": None, "bf16": torch.bfloat16}
 
@@ -87,12 +91,26 @@ def precision(model: Model) -> torch.dtype | None:
     return compute_dtype(getattr(model.conf, "precision", "float32"), model.device)
 
 
-def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch], inputs: Callable[[Tensor], Tensor],
-             on_gradients: Callable[[int], None] | None) -> StepResult | None:
-    """``Model.train_step`` for an RBM's pretraining phase, with plain SGD stepped by hand (the maths of
-    the SGD optimizer, without its bookkeeping; the floats round differently only where the momentum
-    update is fused into the gradients' products); None where the phase needs the generic loop
-    (another optimizer, or a strategy's gradient hook). ``inputs(x)``: the layer's input."""
+def new_bits() -> np.random.PCG64:
+    """A sampler's bit generator for one ``train_step``, seeded from torch's generator, so a job's
+    samples follow from torch's seed alone, as every other random draw of training does (a retried
+    job draws the same)."""
+    return np.random.PCG64(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+def random16(bits: np.random.PCG64, n: int) -> np.ndarray:
+    """``n`` random 16-bit integers (four per 64 bits of ``bits``): uniforms k / 65536 without a
+    float conversion, about 2.5x cheaper than torch.rand's mt19937 floats at these sizes."""
+    return bits.random_raw((n + 3) // 4).view(np.uint16)[:n]
+
+
+def train_by_hand(model: Model, layer: HandLayer, phase: str, batches: Sequence[Batch],
+                  inputs: Callable[[Tensor], Tensor], on_gradients: Callable[[int], None] | None) -> StepResult | None:
+    """``Model.train_step`` for a layer's pretraining phase (an RBM's CD, a denoising autoencoder's
+    reconstruction), with plain SGD stepped by hand (the maths of the SGD optimizer, without its
+    bookkeeping; the floats round differently only where the momentum update is fused into the
+    gradients' products); None where the phase needs the generic loop (another optimizer, or a
+    strategy's gradient hook). ``inputs(x)``: the layer's input."""
     optimizer = model.optimizer(phase)
     settings = hand_sgd(optimizer, on_gradients)
     if settings is None:
@@ -112,24 +130,24 @@ def train_cd(model: Model, layer: RBMLayer, phase: str, batches: Sequence[Batch]
                 s.error.zero_()
                 bufs = [state.get("momentum_buffer") for state in states]
                 # Once SGD has its momentum buffers (from its first step), the momentum update goes into
-                # the gradients' products (float32; Scratch.gradients).
+                # the gradients' products (float32; the scratch's ``gradients``).
                 fused = (v.shape[0], bufs) if momentum != 0 and dtype is None and None not in bufs else None
             if fused is None:
-                layer.cd_step(v, dtype, scratch=s)
-                # s.grads are the CD step's own buffers, rewritten every batch: weight decay may go
+                layer.hand_step(v, dtype, scratch=s)
+                # s.grads are the step's own buffers, rewritten every batch: weight decay may go
                 # into them in place.
                 sgd_update(optimizer.state, params, s.grads, *settings, grads_are_scratch=True)
                 fused = None
             else:
                 bufs = fused[1]
-                layer.cd_step(v, dtype, bufs, momentum, s)  # bufs = momentum x bufs + gradients
+                layer.hand_step(v, dtype, bufs, momentum, s)  # bufs = momentum x bufs + gradients
                 if weight_decay != 0:
                     torch._foreach_add_(bufs, params, alpha=weight_decay)
                 torch._foreach_add_(params, bufs, alpha=-lr)
             n += v.shape[0]  # (shape, not len: Tensor.__len__ is Python, a microsecond a call)
         if s is not None:
             total += s.error[0]
-    return StepResult(n, float(total) / max(n * layer.n_visible, 1))
+    return StepResult(n, float(total) / max(n * layer.loss_units, 1))
 
 
 class Scratch:
@@ -161,7 +179,6 @@ class Scratch:
         # own int16-to-float conversion inside a comparison took 28). P(sample = 1) = ceil(65536 p) / 65536.
         self.fast_bernoulli = device.type == "cpu"
         if self.fast_bernoulli:
-            self.n_raw = (b * n_hidden + 3) // 4
             self.uniform_np = np.empty(b * n_hidden, dtype=np.float32)
             self.uniform = torch.from_numpy(self.uniform_np).view(b, n_hidden)  # the same memory
         # Column sums as matrix-vector products: a third of the time of torch.sum(dim=0) at these shapes.
@@ -187,8 +204,7 @@ class Scratch:
         """A 0/1 sample of each unit with probability ``mean``, into ``sample``."""
         if not self.fast_bernoulli:  # a GPU draws its own uniforms fast
             return self.sample.uniform_().lt_(mean)
-        np.multiply(bits.random_raw(self.n_raw).view(np.uint16)[: self.uniform_np.size], np.float32(1.0 / 65536),
-                    out=self.uniform_np)
+        np.multiply(random16(bits, self.uniform_np.size), np.float32(1.0 / 65536), out=self.uniform_np)
         return torch.lt(self.uniform, mean, out=self.sample)
 
     def load(self) -> None:

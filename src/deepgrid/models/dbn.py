@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from deepgrid.config.network import LayerConf
 from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
 from deepgrid.models.cd import autocast, check_precision
-from deepgrid.models.rbm import RBMLayer, layer_index, precision, pretrain_phase, train_cd, transform
+from deepgrid.models.rbm import RBMLayer, layer_index, precision, pretrain_phase, train_by_hand, transform
 from deepgrid.models.registry import register
 
 
@@ -82,15 +82,19 @@ class LayerwiseModel(Model):
     def train_step(self, phase: str, batches: Sequence[Batch],
                    on_gradients: Callable[[int], None] | None = None) -> StepResult:
         index = layer_index(phase)
+        if index is None:
+            return super().train_step(phase, batches, on_gradients)
+        layer, dtype = self.layers[index], precision(self)
+        if hasattr(layer, "reseed_sampler"):
+            layer.reseed_sampler()
         step = None
-        if index is not None and isinstance(self.layers[index], RBMLayer):  # an RBM: CD with SGD by hand
-            self.layers[index].reseed_sampler()
-            dtype = precision(self)
-            below = [self.layers[i] for i in range(index)]
-            if dtype is None and all(isinstance(layer, RBMLayer) for layer in below):
+        # An RBM (CD, float32 or bf16) or a denoising autoencoder (float32 only): SGD stepped by hand.
+        if hasattr(layer, "hand_step") and (dtype is None or isinstance(layer, RBMLayer)):
+            below = self.layers[:index]
+            if dtype is None and all(getattr(lower, "activation", None) in ("sigmoid", "relu") for lower in below):
                 # Per batch only the products and activations of the layers below, into reused buffers.
                 # Their parameters stay fixed for the phase: their views are taken once, not per batch.
-                fixed = [(layer.linear.bias, layer.linear.weight.t(), layer.hidden_unit == "binary") for layer in below]
+                fixed = [(lower.linear.bias, lower.linear.weight.t(), lower.activation == "sigmoid") for lower in below]
 
                 def inputs(x: Tensor) -> Tensor:
                     for i, (bias, weight_t, binary) in enumerate(fixed):
@@ -100,7 +104,7 @@ class LayerwiseModel(Model):
             else:
                 def inputs(x: Tensor) -> Tensor:
                     return self._below(index, x, dtype)
-            step = train_cd(self, self.layers[index], phase, batches, inputs, on_gradients)
+            step = train_by_hand(self, layer, phase, batches, inputs, on_gradients)
         return step or super().train_step(phase, batches, on_gradients)
 
     def _below(self, index: int, x: Tensor, dtype: torch.dtype | None) -> Tensor:

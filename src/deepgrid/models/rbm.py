@@ -36,7 +36,7 @@ from torch.nn import functional as F
 from deepgrid.config.network import LayerConf
 from deepgrid.data.arrays import as_features
 from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
-from deepgrid.models.cd import Scratch, autocast, check_precision, precision, train_cd
+from deepgrid.models.cd import Scratch, autocast, check_precision, new_bits, precision, train_by_hand
 from deepgrid.models.registry import register
 
 PRETRAIN = "pretrain"
@@ -100,6 +100,16 @@ class RBMLayer(nn.Module):
     @property
     def n_visible(self) -> int:
         return self.linear.in_features
+
+    @property
+    def activation(self) -> str:
+        """What ``mean_hiddens`` applies to the pre-activation: the DBN's fixed-layer loop reads it."""
+        return "sigmoid" if self.hidden_unit == "binary" else "relu"
+
+    @property
+    def loss_units(self) -> int:
+        """What the summed error of ``cd_step`` is divided by, per sample: the reported loss is per unit."""
+        return self.n_visible
 
     @property
     def n_hidden(self) -> int:
@@ -209,7 +219,7 @@ class RBMLayer(nn.Module):
         """Seed the training step's sampler (``Scratch.bernoulli``) from torch's generator. Called at
         the start of every ``train_step``, so a job's samples follow from torch's seed alone, as
         every other random draw of training does (a retried job draws the same)."""
-        bits = self.__dict__["_bits"] = np.random.PCG64(int(torch.randint(0, 2**62, (1,)).item()))
+        bits = self.__dict__["_bits"] = new_bits()
         return bits
 
     def _down(self, h: Tensor, out: Tensor, s: Scratch) -> Tensor:
@@ -281,6 +291,8 @@ class RBMLayer(nn.Module):
         s.gradients(momentum_buffers, momentum)
         return s
 
+    hand_step = cd_step  # the step cd.train_by_hand runs
+
     def _sparsity(self, h0: Tensor) -> Tensor | None:
         """The sparsity penalty's gradient w.r.t. each hidden pre-activation, shape (n_hidden,), or None.
 
@@ -346,7 +358,7 @@ class RBM(Model):
         if layer_index(phase) is None:
             return super().train_step(phase, batches, on_gradients)
         self.rbm.reseed_sampler()
-        step = train_cd(self, self.rbm, phase, batches, lambda x: x, on_gradients)
+        step = train_by_hand(self, self.rbm, phase, batches, lambda x: x, on_gradients)
         return step or super().train_step(phase, batches, on_gradients)
 
     def batch_loss(self, phase: str, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
