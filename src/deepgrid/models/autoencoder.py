@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from deepgrid.config.network import LayerConf
 from deepgrid.models.base import init_linear
-from deepgrid.models.cd import autocast, new_bits, random16
+from deepgrid.models.cd import autocast, cached_scratch, new_bits, random16
 from deepgrid.models.dbn import LayerwiseModel
 from deepgrid.models.registry import register
 
@@ -71,6 +71,7 @@ class DenoisingAutoencoderLayer(nn.Module):
         return self.mean_hiddens(x)
 
     activation = "sigmoid"  # of the code, as for an RBM's binary hidden units (the DBN's fixed-layer loop)
+    hand_bf16 = False  # hand_step is float32 only: in bf16 the layer trains through autograd (autocast)
 
     @property
     def loss_units(self) -> int:
@@ -91,11 +92,15 @@ class DenoisingAutoencoderLayer(nn.Module):
         threshold = np.uint16(min(np.ceil(65536 * self.corruption_level), 65535))
         return random16(bits, shape.numel()) >= threshold
 
+    def keep(self, x: Tensor) -> Tensor:
+        """``keep_mask`` for a batch like x, as a boolean tensor on x's device."""
+        return torch.from_numpy(self.keep_mask(x.shape)).view(x.shape).to(x.device)
+
     def corrupt(self, x: Tensor) -> Tensor:
         """x with each input zeroed with probability ``corruption_level`` (masking noise)."""
         if self.corruption_level == 0:
             return x
-        return x * torch.from_numpy(self.keep_mask(x.shape)).view(x.shape).to(x.device)
+        return x * self.keep(x)
 
     def reconstruction_loss(self, x: Tensor, corrupted: Tensor | None = None) -> Tensor:
         """Per-example reconstruction loss (summed over inputs), averaged over the batch.
@@ -122,10 +127,7 @@ class DenoisingAutoencoderLayer(nn.Module):
     def _scratch_for(self, x: Tensor, dtype: torch.dtype | None) -> DAEScratch:
         weight = self.linear.weight
         key = (x.shape[0], x.device, weight.data_ptr())
-        scratch = self.__dict__.get("_scratch")
-        if scratch is None or scratch.key != key:  # not a buffer: no state_dict entry
-            scratch = self.__dict__["_scratch"] = DAEScratch(key, weight, self.linear.bias, self.visible_bias)
-        return scratch
+        return cached_scratch(self, key, lambda: DAEScratch(key, weight, self.linear.bias, self.visible_bias))
 
     def hand_step(self, x: Tensor, dtype: torch.dtype | None, momentum_buffers: Sequence[Tensor] | None = None,
                   momentum: float = 0.0, scratch: DAEScratch | None = None) -> DAEScratch:
@@ -145,7 +147,7 @@ class DenoisingAutoencoderLayer(nn.Module):
         elif s.numpy_mask and x.dtype == torch.float32 and x.is_contiguous():
             np.multiply(x.numpy().reshape(-1), self.keep_mask(x.shape), out=s.corrupted_np)
         else:
-            torch.mul(x, torch.from_numpy(self.keep_mask(x.shape)).view(x.shape).to(x.device), out=s.corrupted)
+            torch.mul(x, self.keep(x), out=s.corrupted)
         torch.addmm(self.linear.bias, s.corrupted, s.weight_t, out=s.h).sigmoid_()
         torch.addmm(self.visible_bias, s.h, s.weight, out=s.pre)
         if self.visible_unit == "binary":

@@ -104,6 +104,16 @@ def random16(bits: np.random.PCG64, n: int) -> np.ndarray:
     return bits.random_raw((n + 3) // 4).view(np.uint16)[:n]
 
 
+def cached_scratch(layer: Any, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """The layer's scratch for ``key``, made by ``build`` when the layer has none or one for another key
+    (batch size, device, dtype, parameter storage). Kept in the instance's ``__dict__``, not as a
+    buffer: no state_dict entry, and a new one when the parameters move or change storage."""
+    scratch = layer.__dict__.get("_scratch")
+    if scratch is None or scratch.key != key:
+        scratch = layer.__dict__["_scratch"] = build()
+    return scratch
+
+
 def train_by_hand(model: Model, layer: HandLayer, phase: str, batches: Sequence[Batch],
                   inputs: Callable[[Tensor], Tensor], on_gradients: Callable[[int], None] | None) -> StepResult | None:
     """``Model.train_step`` for a layer's pretraining phase (an RBM's CD, a denoising autoencoder's

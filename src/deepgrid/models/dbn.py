@@ -88,8 +88,8 @@ class LayerwiseModel(Model):
         if hasattr(layer, "reseed_sampler"):
             layer.reseed_sampler()
         step = None
-        # An RBM (CD, float32 or bf16) or a denoising autoencoder (float32 only): SGD stepped by hand.
-        if hasattr(layer, "hand_step") and (dtype is None or isinstance(layer, RBMLayer)):
+        # A layer with a hand-written step (an RBM, a denoising autoencoder): SGD stepped by hand.
+        if hasattr(layer, "hand_step") and (dtype is None or layer.hand_bf16):
             below = self.layers[:index]
             if dtype is None and all(getattr(lower, "activation", None) in ("sigmoid", "relu") for lower in below):
                 # Per batch only the products and activations of the layers below, into reused buffers.

@@ -36,7 +36,15 @@ from torch.nn import functional as F
 from deepgrid.config.network import LayerConf
 from deepgrid.data.arrays import as_features
 from deepgrid.models.base import FINETUNE, Batch, Model, Phase, StepResult, init_linear
-from deepgrid.models.cd import Scratch, autocast, check_precision, new_bits, precision, train_by_hand
+from deepgrid.models.cd import (
+    Scratch,
+    autocast,
+    cached_scratch,
+    check_precision,
+    new_bits,
+    precision,
+    train_by_hand,
+)
 from deepgrid.models.registry import register
 
 PRETRAIN = "pretrain"
@@ -196,11 +204,7 @@ class RBMLayer(nn.Module):
     def _scratch_for(self, v0: Tensor, dtype: torch.dtype | None) -> Scratch:
         weight = self.linear.weight
         key = (len(v0), v0.device, dtype or weight.dtype, weight.data_ptr())
-        scratch = self.__dict__.get("_scratch")
-        if scratch is None or scratch.key != key:
-            # Not a buffer: no state_dict entry; a new one when the parameters move or change storage.
-            scratch = self.__dict__["_scratch"] = Scratch(key, weight, self.linear.bias, self.visible_bias)
-        return scratch
+        return cached_scratch(self, key, lambda: Scratch(key, weight, self.linear.bias, self.visible_bias))
 
     def _up(self, v: Tensor, out: Tensor, s: Scratch) -> tuple[Tensor | None, Tensor]:
         """(pre-activation or None, E[h | v]) with the mean written into ``out``: binary units need no pre."""
@@ -292,6 +296,7 @@ class RBMLayer(nn.Module):
         return s
 
     hand_step = cd_step  # the step cd.train_by_hand runs
+    hand_bf16 = True  # it casts its products itself (Scratch.load): bf16 trains by hand too
 
     def _sparsity(self, h0: Tensor) -> Tensor | None:
         """The sparsity penalty's gradient w.r.t. each hidden pre-activation, shape (n_hidden,), or None.
