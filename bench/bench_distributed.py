@@ -71,7 +71,8 @@ QUICK_LIMIT = 10_000
 
 TARGETS = {  # name: (description, comparison, bound)
     "dg1_over_hand": ("deepgrid 1 worker / hand-written samples/s", ">=", 0.95),
-    "dg2_over_dg1": ("deepgrid 2 workers / deepgrid 1 worker samples/s", ">=", 1.85),
+    # 1.85 was the first target (the bench's own); issue 9 raised it to 1.9 for `average`, the default.
+    "dg2_over_dg1": ("deepgrid 2 workers / deepgrid 1 worker samples/s", ">=", 1.9),
     "dg2_over_ddp": ("deepgrid 2 workers / DDP samples/s", ">=", 2.0),
     "dg2_over_raytrain": ("deepgrid 2 workers / Ray Train samples/s", ">=", 2.0),
     "dg2_wall_over_raytrain_wall": ("deepgrid 2 workers wall / Ray Train wall", "<=", 0.5),
