@@ -9,8 +9,8 @@ each, on the same Fashion-MNIST training images in [0, 1], batch 64, ``--threads
   weight gradient as one (256 x 128) x (128 x 784) product) on preallocated tensors, nothing else:
   no sigmoid, no sampling, no update. deepgrid / bound is the share of the step spent in products;
   beside it, not a target: that bound plus momentum SGD's passes over the weight (``cd_products``'s
-  ``update``), which read and write 2-3 MB a batch: on a machine whose caches do not hold them, the
-  part of a step's time above its products that no code of the step can remove;
+  ``update``), which read and write 2-3 MB a batch: on a machine whose caches do not hold them, a
+  part of the step's time above its products that momentum SGD cannot avoid, however it is coded;
 * the same step in bf16 (``precision: bf16``) and its bound in bf16;
 * dbn 784-500-250-100, each layer's pretraining step (the input passes up through the fixed layers
   below, as ``pretrain:i`` does), its bound (those forward products + the layer's CD-1 products),
