@@ -95,7 +95,9 @@ def replay(c: Conf, data: Any, initial: np.ndarray, rounds: list[list[tuple[str,
         for jobs in rounds:
             trained = []
             for worker_id, job in jobs:
-                model = models.setdefault(worker_id, build_named_model(c.model, network))
+                if worker_id not in models:  # (setdefault would build a model for every job)
+                    models[worker_id] = build_named_model(c.model, network)
+                model = models[worker_id]
                 phases = [p.name for p in model.phases()]
                 model.set_flat_params(params)
                 order = data.batch_order(c.batch_size, phase_seed(seed, phases.index(job.phase)), job.epoch)
