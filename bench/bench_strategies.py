@@ -14,6 +14,9 @@ Parts (the first runs when no part is named):
                 --targets (0.86 and 0.88) since the contender's start (start-up included, the copies' time
                 subtracted), samples/s and the test accuracy after E epochs;
                 writes a markdown table and a PNG of accuracy against wall time to --out-dir.
+                --seeds S1,S2,...: every contender once per seed, and a table of the medians
+                over seeds of the times to the targets (one seed's curve near 0.88, where this
+                job levels off, crosses it epochs earlier or later with the floats' rounding).
   --stragglers  one of 2 workers 3x slower (it sleeps twice a mini-batch's one-thread time, measured
                 at the start, per mini-batch): deepgrid ``average`` (pulled jobs) and ``async``, and DDP with one slow
                 rank; throughput slowed / unslowed.
@@ -23,6 +26,7 @@ Parts (the first runs when no part is named):
     .venv/bin/python bench/bench_strategies.py                       # time to accuracy, 10 epochs
     .venv/bin/python bench/bench_strategies.py --strategies average,async --stragglers --scale
     .venv/bin/python bench/bench_strategies.py --quick --tta --stragglers --scale   # smoke run
+    .venv/bin/python bench/bench_strategies.py --tta --workers 2 --strategies average,async --seeds 123,1,2,3,4 --skip-ray-train
 
 While it times, it holds /tmp/deepgrid-bench.lock (other sessions' tests wait for it), at most
 about 4 minutes at a time: between contenders it lets go for 30 s.
@@ -109,11 +113,11 @@ class EverySamples:
 
 
 def run_deepgrid(train: Any, test: Any, strategy: str, workers: int, epochs: int, k: int, evals_per_epoch: int,
-                 factory: Callable[[], Any] | None = None) -> Run:
+                 factory: Callable[[], Any] | None = None, seed: int = common.SEED) -> Run:
     from deepgrid.distributed.runner import ActorNetworkRunner
 
     common.quiet_ray()  # deepgrid starts (and stops) its own local Ray
-    conf = common.deepgrid_conf(workers, k, epochs, "bench-strategies", strategy=strategy)
+    conf = common.deepgrid_conf(workers, k, epochs, "bench-strategies", seed=seed, strategy=strategy)
     t0 = time.monotonic()
     marks = EverySamples(len(train) / evals_per_epoch if evals_per_epoch else float("inf"), t0)
     runner = ActorNetworkRunner("master", train, model_factory=factory)
@@ -149,16 +153,17 @@ def jobs_by_worker(history: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def run_ddp(limit: int | None, epochs: int, evals_per_epoch: int, slow_rank: int = -1, sleep_s: float = 0.0) -> Run:
+def run_ddp(limit: int | None, epochs: int, evals_per_epoch: int, slow_rank: int = -1, sleep_s: float = 0.0,
+            seed: int = common.SEED) -> Run:
     t0 = time.monotonic()
-    r, _ = common.run_ddp(limit, Plan(epochs, evals_per_epoch, t0, slow_rank, sleep_s))
+    r, _ = common.run_ddp(limit, Plan(epochs, evals_per_epoch, t0, slow_rank, sleep_s, seed))
     return Run("PyTorch DDP gloo, 2 processes", r["curve"] or [[0.0, r["samples"], r["accuracy"]]], r["samples"],
                r["seconds"], time.monotonic() - t0)
 
 
-def run_ray_train(train: Any, test: Any, epochs: int, evals_per_epoch: int) -> Run:
+def run_ray_train(train: Any, test: Any, epochs: int, evals_per_epoch: int, seed: int = common.SEED) -> Run:
     t0 = time.monotonic()
-    m, _ = common.run_ray_train(train, test, Plan(epochs, evals_per_epoch, t0), name="bench-strategies")
+    m, _ = common.run_ray_train(train, test, Plan(epochs, evals_per_epoch, t0, seed=seed), name="bench-strategies")
     return Run("Ray Train TorchTrainer, 2 workers", m["curve"], m["samples"], m["seconds"], time.monotonic() - t0)
 
 
@@ -187,19 +192,68 @@ class Bench:
 
 
 def part_tta(bench: Bench, args: argparse.Namespace, strategies: list[str], train: Any, test: Any) -> list[Run]:
+    """Every contender once per seed (``--seeds``): a seed sets everyone's initial weights and shuffles.
+    With several seeds each run's name ends in its seed, and ``by_contender`` gathers them again."""
     runs = []
-    for strategy in strategies:
-        for workers in args.workers:
-            name = f"deepgrid {strategy}, {workers} worker{'s' if workers > 1 else ''}"
-            runs.append(bench.run(name, run_deepgrid, train, test, strategy, workers, args.epochs, args.k,
-                                  args.evals_per_epoch))
-    if not args.skip_ddp:
-        runs.append(bench.run("PyTorch DDP gloo, 2 processes", run_ddp, args.train_limit, args.epochs,
-                              args.evals_per_epoch))
-    if not args.skip_ray_train:
-        runs.append(bench.run("Ray Train TorchTrainer, 2 workers", run_ray_train, train, test, args.epochs,
-                              args.evals_per_epoch))
+    for seed in args.seeds:
+        tag = f", seed {seed}" if len(args.seeds) > 1 else ""
+        for strategy in strategies:
+            for workers in args.workers:
+                name = f"deepgrid {strategy}, {workers} worker{'s' if workers > 1 else ''}{tag}"
+                runs.append(bench.run(name, run_deepgrid, train, test, strategy, workers, args.epochs, args.k,
+                                      args.evals_per_epoch, seed=seed))
+        if not args.skip_ddp:
+            runs.append(bench.run(f"PyTorch DDP gloo, 2 processes{tag}", run_ddp, args.train_limit, args.epochs,
+                                  args.evals_per_epoch, seed=seed))
+        if not args.skip_ray_train:
+            runs.append(bench.run(f"Ray Train TorchTrainer, 2 workers{tag}", run_ray_train, train, test, args.epochs,
+                                  args.evals_per_epoch, seed=seed))
     return runs
+
+
+def seed_of(run: Run) -> str:
+    """The seed a run's name ends in ("" with one seed)."""
+    return run.name.partition(", seed ")[2]
+
+
+def by_contender(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by contender, the seed left out of the name."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.name.split(", seed ")[0], []).append(r)
+    return groups
+
+
+def median_time_to(runs: list[Run], target: float) -> float | None:
+    """The median over seeds of the time to ``target``, a run that never reached it counting as
+    slower than any that did (None when that is the median): a seed that misses is not dropped."""
+    times = sorted(t if (t := r.time_to(target)) is not None else float("inf") for r in runs if not r.error)
+    if not times:
+        return None
+    mid = len(times) // 2
+    value = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    return None if value == float("inf") else value
+
+
+def seeds_table(runs: list[Run], targets: list[float]) -> str:
+    """Per contender: the median over seeds of the time to each target, each seed's time, and the
+    median's ratio to DDP's and Ray Train's medians."""
+    groups = by_contender(runs)
+    bases = {label: groups.get(name) for label, name in (("DDP", "PyTorch DDP gloo, 2 processes"),
+                                                       ("Ray Train", "Ray Train TorchTrainer, 2 workers"))}
+    head = "| contender | " + " | ".join(f"median time to {t} s | each seed | / DDP | / Ray Train" for t in targets)
+    lines = [head + " |", "| --- |" + " ---: | --- | ---: | ---: |" * len(targets)]
+    for name, group in groups.items():
+        cells = []
+        for t in targets:
+            median = median_time_to(group, t)
+            each = ", ".join("-" if r.error or r.time_to(t) is None else f"{r.time_to(t):.1f}" for r in group)
+            cells += [fmt(median, ".1f") if median is not None else "not reached", each]
+            for label in ("DDP", "Ray Train"):
+                base = median_time_to(bases[label], t) if bases[label] else None
+                cells.append(fmt(median / base if median and base else None, ".3f"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def tta_table(runs: list[Run], targets: list[float], epochs: int, epoch_samples: int) -> str:
@@ -227,16 +281,20 @@ def tta_table(runs: list[Run], targets: list[float], epochs: int, epoch_samples:
 def tta_ratios(runs: list[Run], targets: list[float]) -> str:
     """Each deepgrid contender against DDP and Ray Train: time to each target (below 1: sooner) and
     samples/s (above 1: faster)."""
-    bases = [(label, next((r for r in runs if r.name.startswith(prefix) and not r.error), None))
-             for label, prefix in (("DDP", "PyTorch DDP"), ("Ray Train", "Ray Train"))]
+    def same_seed(label: str, prefix: str, seed_tag: str) -> tuple[str, Run | None]:  # the run of the same seed
+        return label, next((r for r in runs if r.name.startswith(prefix) and seed_of(r) == seed_tag and not r.error),
+                           None)
+
     columns: list[tuple[str, Callable[[Run], float | None]]] = [
         (f"time to {t}", functools.partial(Run.time_to, target=t)) for t in targets]
     columns.append(("samples/s", lambda r: r.samples_per_s))
-    lines = ["| contender | " + " | ".join(f"{name} / {label}" for name, _ in columns for label, _ in bases) + " |",
-             "| --- |" + " ---: |" * (len(columns) * len(bases))]
+    labels = ("DDP", "Ray Train")
+    lines = ["| contender | " + " | ".join(f"{name} / {label}" for name, _ in columns for label in labels) + " |",
+             "| --- |" + " ---: |" * (len(columns) * len(labels))]
     for r in runs:
         if not r.name.startswith("deepgrid") or r.error:
             continue
+        bases = [same_seed("DDP", "PyTorch DDP", seed_of(r)), same_seed("Ray Train", "Ray Train", seed_of(r))]
         cells = []
         for _, value in columns:
             for _, base in bases:
@@ -543,6 +601,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--targets", type=floats, default=[0.86, 0.88],
                    help="test accuracies to reach (default 0.86,0.88: 0.88 is near where this job levels off)")
     p.add_argument("--evals-per-epoch", type=int, default=4, help="test accuracy points per epoch (default 4)")
+    p.add_argument("--seeds", type=ints, default=[common.SEED],
+                   help="time to accuracy once per seed (initial weights and shuffles, the same for every "
+                        f"contender), with the medians over seeds (default {common.SEED})")
     p.add_argument("--workers", type=ints, default=[1, 2], help="deepgrid worker counts (default 1,2)")
     p.add_argument("-k", "--averaging-frequency", type=int, default=100, dest="k",
                    help="deepgrid's averaging_frequency (default 100)")
@@ -596,7 +657,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(train):,} train / {len(test):,} test examples, strategies {','.join(strategies) or '-'}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
-          f"initial weights identical to deepgrid's MLP: {common.initial_params_match()}")
+          "initial weights identical to deepgrid's MLP: "
+          f"{all(common.initial_params_match(seed) for seed in (args.seeds if args.tta else [common.SEED]))}")
     summary: dict[str, Any] = {"bench": "strategies", "strategies": strategies, "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     report: list[str] = []
@@ -608,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
             png = plot(runs, args.targets, args.out_dir / "time_to_accuracy.png")
             report += [f"## Time to {' and '.join(map(str, args.targets))} test accuracy, {args.epochs} epochs, "
                        f"{args.evals_per_epoch} test points per epoch", "", table, "", ratios, ""]
+            if len(args.seeds) > 1:
+                report += [f"## Medians over {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))})", "",
+                           seeds_table(runs, args.targets), ""]
             if png:
                 report += [f"plot: {png}", ""]
             summary["tta"] = [asdict(r) | {"samples_per_s": r.samples_per_s} for r in runs]

@@ -213,10 +213,11 @@ def holder_gone(holder: str) -> bool:
 # -- the network, the data order, one epoch ---------------------------------------------------------
 
 
-def build_mlp() -> nn.Sequential:
-    """784-256-128-10 with relu, Xavier-uniform weights and zero biases after torch.manual_seed(SEED):
-    the same calls in the same order as deepgrid's MLP.build, hence the same initial weights."""
-    torch.manual_seed(SEED)
+def build_mlp(seed: int = SEED) -> nn.Sequential:
+    """784-256-128-10 with relu, Xavier-uniform weights and zero biases after torch.manual_seed(seed):
+    the same calls in the same order as deepgrid's MLP.build, hence the same initial weights as
+    deepgrid's with network seed ``seed``."""
+    torch.manual_seed(seed)
     sizes = (N_IN, *HIDDEN)
     layers: list[nn.Module] = []
     for i in range(len(HIDDEN)):
@@ -232,26 +233,26 @@ def _init(layer: nn.Linear) -> nn.Linear:
     return layer
 
 
-def initial_params_match() -> bool:
-    """build_mlp() and deepgrid's MLP start from the very same weights (and order their parameters
-    the same way, so a deepgrid flat vector loads into build_mlp())."""
+def initial_params_match(seed: int = SEED) -> bool:
+    """build_mlp(seed) and deepgrid's MLP with network seed ``seed`` start from the very same weights
+    (and order their parameters the same way, so a deepgrid flat vector loads into build_mlp())."""
     from deepgrid.config.network import NeuralNetConfiguration
     from deepgrid.models.mlp import MLP
 
-    ours = torch.cat([p.detach().reshape(-1) for p in build_mlp().parameters()]).numpy()
-    theirs = MLP(NeuralNetConfiguration(hidden_layer_sizes=HIDDEN, activation="relu")).get_flat_params()
+    ours = torch.cat([p.detach().reshape(-1) for p in build_mlp(seed).parameters()]).numpy()
+    theirs = MLP(NeuralNetConfiguration(hidden_layer_sizes=HIDDEN, activation="relu", seed=seed)).get_flat_params()
     return ours.shape == theirs.shape and bool(np.array_equal(ours, theirs))
 
 
-def epoch_permutation(n: int, epoch: int) -> torch.Tensor:
+def epoch_permutation(n: int, epoch: int, seed: int = SEED) -> torch.Tensor:
     """The same permutation deepgrid's ArrayDataset.batch_order draws for (seed, epoch)."""
-    g = torch.Generator().manual_seed(SEED * 1_000_003 + epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
 
 
-def epoch_batches(n: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+def epoch_batches(n: int, epoch: int, rank: int = 0, world: int = 1, seed: int = SEED) -> torch.Tensor:
     """(n_batches, BATCH) example indices of this rank's batches of ``epoch``."""
-    perm = epoch_permutation(n, epoch)
+    perm = epoch_permutation(n, epoch, seed)
     if world > 1:  # DistributedSampler(shuffle=True, drop_last=True): rank r takes perm[r::world]
         perm = perm[rank : (n // world) * world : world]
     nb = len(perm) // BATCH
@@ -299,13 +300,14 @@ def quiet_ray() -> None:
         ray.shutdown()
 
 
-def deepgrid_conf(workers: int, k: int, epochs: int, job_name: str, **more: Any) -> Any:
-    """deepgrid's Conf for the competitors' job: the same network, optimizer and batch."""
+def deepgrid_conf(workers: int, k: int, epochs: int, job_name: str, seed: int = SEED, **more: Any) -> Any:
+    """deepgrid's Conf for the competitors' job: the same network, optimizer and batch (and, with
+    ``seed``, the same initial weights and shuffles as build_mlp(seed) and epoch_batches(..., seed))."""
     from deepgrid.config.conf import Conf
 
     return Conf(model="mlp", workers=workers, threads_per_worker=1,
                 network=dict(hidden_layer_sizes=list(HIDDEN), activation="relu", finetune_lr=LR,
-                             momentum=MOMENTUM, optimizer="sgd"),
+                             momentum=MOMENTUM, optimizer="sgd", seed=seed),
                 batch_size=BATCH, epochs=epochs, averaging_frequency=k, job_name=job_name, **more)
 
 
@@ -323,6 +325,7 @@ class Plan:
     t0: float = 0.0  # time.monotonic() when the contender started: curve times count from it
     slow_rank: int = -1  # this rank sleeps ``sleep_s`` before each batch (a straggler)
     sleep_s: float = 0.0
+    seed: int = SEED  # the initial weights' and the epochs' shuffles (deepgrid's network seed)
 
 
 class Snapshots:
@@ -381,7 +384,7 @@ def rank_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, test: Any, ran
     samples, snapshots = 0, Snapshots(plan.t0)
     sleep_s = plan.sleep_s if rank == plan.slow_rank else 0.0
     for epoch in range(plan.epochs):
-        for chunk in epoch_batches(len(x), epoch, rank, world).tensor_split(max(plan.evals_per_epoch, 1)):
+        for chunk in epoch_batches(len(x), epoch, rank, world, plan.seed).tensor_split(max(plan.evals_per_epoch, 1)):
             n, _ = train_epoch(model, opt, x, y, chunk, sleep_s)
             samples += n
             if plan.evals_per_epoch and rank == 0:
@@ -422,7 +425,7 @@ def _ddp_process(rank: int, world: int, port: int, limit: int | None, plan: Plan
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         train, test = load_data(limit)
-        out = rank_loop(DistributedDataParallel(build_mlp()), train.x, train.y, lambda: (test.x, test.y), rank,
+        out = rank_loop(DistributedDataParallel(build_mlp(plan.seed)), train.x, train.y, lambda: (test.x, test.y), rank,
                         world, plan)
         if rank == 0:
             with open(out_path, "w") as f:
@@ -476,8 +479,9 @@ def _ray_train_loop(config: dict[str, Any]) -> None:
             return torch.from_numpy(ray.get(a)), torch.from_numpy(ray.get(b))
 
     x, y = arrays(refs[0], refs[1])
-    model = ray.train.torch.prepare_model(build_mlp())
-    metrics = rank_loop(model, x, y, lambda: arrays(refs[2], refs[3]), rank, world, Plan(**config["plan"]))
+    plan = Plan(**config["plan"])
+    model = ray.train.torch.prepare_model(build_mlp(plan.seed))
+    metrics = rank_loop(model, x, y, lambda: arrays(refs[2], refs[3]), rank, world, plan)
     if rank != 0:
         ray.train.report(metrics)  # every worker must report, as often as rank 0
         return
