@@ -6,12 +6,13 @@ A cluster: the master runs the Ray head, workers join it by address.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import socket
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 
 from deepgrid.errors import ClusterError
 
@@ -74,9 +75,40 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
 
     ensure_token(lambda message: logging.getLogger("deepgrid").debug(message))
     lean_settings(os.environ)  # read by ray.init, and by the processes it starts
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=NAMESPACE,
-             include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-             configure_logging=True)
+    with no_api_server():
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=NAMESPACE,
+                 include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+                 configure_logging=True)
+
+
+@contextlib.contextmanager
+def no_api_server() -> Iterator[None]:
+    """Within it, a local Ray head starts without Ray's API server.
+
+    Even with ``include_dashboard=False``, ``ray.init`` starts Ray's dashboard head process (its
+    job and state APIs) and waits for it to publish its address before it starts the raylet: 0.6 s
+    of every run's start-up here (``ray.init`` 1.27-1.29 s without it against 1.89-2.05 s with it,
+    alternated 4 times, bench/README.md). deepgrid serves its own dashboard and uses neither API,
+    and a head without the server is what Ray makes when the server fails to start (no URL; the
+    raylet and its agents run as usual). Set DEEPGRID_RAY_API_SERVER=1 to keep it (for ``ray list``
+    or ``ray job`` against a local run). A Ray without the method Ray 2.52-2.60 start it with is
+    left as it is.
+    """
+    from ray._private.node import Node
+
+    original = getattr(Node, "start_api_server", None)
+    if original is None or os.environ.get("DEEPGRID_RAY_API_SERVER") == "1":
+        yield
+        return
+
+    def skip(self: Node, *args: object, **kwargs: object) -> None:
+        return None
+
+    Node.start_api_server = skip  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Node.start_api_server = original  # type: ignore[method-assign]
 
 
 def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S, log_to_driver: bool = True,
