@@ -220,7 +220,7 @@ def by_contender(runs: list[Run]) -> dict[str, list[Run]]:
     """Runs grouped by contender, the seed left out of the name."""
     groups: dict[str, list[Run]] = {}
     for r in runs:
-        groups.setdefault(r.name.split(", seed ")[0], []).append(r)
+        groups.setdefault(r.name.partition(", seed ")[0], []).append(r)
     return groups
 
 

@@ -91,8 +91,8 @@ def no_api_server() -> Iterator[None]:
     alternated 4 times, bench/README.md). deepgrid serves its own dashboard and uses neither API,
     and a head without the server is what Ray makes when the server fails to start (no URL; the
     raylet and its agents run as usual). Set DEEPGRID_RAY_API_SERVER=1 to keep it (for ``ray list``
-    or ``ray job`` against a local run). A Ray without the method Ray 2.52-2.60 start it with is
-    left as it is.
+    or ``ray job`` against a local run). Where Ray's ``Node`` has no ``start_api_server`` (the method
+    Ray 2.60 starts the server with), nothing changes.
     """
     from ray._private.node import Node
 
