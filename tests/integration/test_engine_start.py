@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from deepgrid.distributed import engine
+from deepgrid.errors import ConfigError
 
 
 def started_processes() -> set[str]:
@@ -56,3 +57,13 @@ def test_local_engine_and_rays_api_server(keep: bool, monkeypatch: pytest.Monkey
     finally:
         engine.shutdown()
     assert Node.start_api_server is method  # Ray's own method is back: other Ray users start it as usual
+
+
+def test_a_setting_that_is_neither_0_nor_1_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    monkeypatch.setenv("DEEPGRID_RAY_API_SERVER", "yes")
+    with pytest.raises(ConfigError, match=r"DEEPGRID_RAY_API_SERVER='yes' is not a setting: expected 1 .* or 0") as e:
+        engine.start_local(num_cpus=1)
+    assert "\n" not in str(e.value)
+    assert not ray.is_initialized()  # refused before anything started

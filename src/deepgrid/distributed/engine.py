@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Iterator, MutableMapping
 
-from deepgrid.errors import ClusterError
+from deepgrid.errors import ClusterError, ConfigError
 
 # Ray's own default head port (6379) is also Redis's: keep ours apart so a
 # master can run beside a Redis state tracker.
@@ -22,6 +22,7 @@ DEFAULT_PORT = 6380
 NAMESPACE = "deepgrid"
 CONNECT_TIMEOUT_S = 20.0  # a master still starting gets this long; an absent one fails within it
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+API_SERVER_ENV = "DEEPGRID_RAY_API_SERVER"  # 1: the local engine starts Ray's API server too (no_api_server)
 
 # Cluster traffic is authenticated by default: Ray's token (~/.ray/auth_token,
 # RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN). Ray reads the mode when it is
@@ -96,8 +97,12 @@ def no_api_server() -> Iterator[None]:
     """
     from ray._private.node import Node
 
+    keep = os.environ.get(API_SERVER_ENV, "").strip()
+    if keep not in ("", "0", "1"):
+        raise ConfigError(f"{API_SERVER_ENV}={keep!r} is not a setting: expected 1 (start Ray's API server "
+                          "with the local engine) or 0 (without it, the default); set one of those or unset it.")
     original = getattr(Node, "start_api_server", None)
-    if original is None or os.environ.get("DEEPGRID_RAY_API_SERVER") == "1":
+    if original is None or keep == "1":
         yield
         return
 
