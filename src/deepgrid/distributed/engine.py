@@ -6,15 +6,15 @@ A cluster: the master runs the Ray head, workers join it by address.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 
-from deepgrid.errors import ClusterError, ConfigError
+from deepgrid.distributed.lean_head import lean_head
+from deepgrid.errors import ClusterError
 
 # Ray's own default head port (6379) is also Redis's: keep ours apart so a
 # master can run beside a Redis state tracker.
@@ -22,7 +22,6 @@ DEFAULT_PORT = 6380
 NAMESPACE = "deepgrid"
 CONNECT_TIMEOUT_S = 20.0  # a master still starting gets this long; an absent one fails within it
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-API_SERVER_ENV = "DEEPGRID_RAY_API_SERVER"  # 1: the local engine starts Ray's API server too (no_api_server)
 
 # Cluster traffic is authenticated by default: Ray's token (~/.ray/auth_token,
 # RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN). Ray reads the mode when it is
@@ -76,44 +75,10 @@ def start_local(num_cpus: int | None = None, num_gpus: int | None = None) -> Non
 
     ensure_token(lambda message: logging.getLogger("deepgrid").debug(message))
     lean_settings(os.environ)  # read by ray.init, and by the processes it starts
-    with no_api_server():
+    with lean_head():  # sooner up, without Ray's API server and autoscaler monitor
         ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, namespace=NAMESPACE,
                  include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
                  configure_logging=True)
-
-
-@contextlib.contextmanager
-def no_api_server() -> Iterator[None]:
-    """Within it, a local Ray head starts without Ray's API server.
-
-    Even with ``include_dashboard=False``, ``ray.init`` starts Ray's dashboard head process (its
-    job and state APIs) and waits for it to publish its address before it starts the raylet: 0.6 s
-    of every run's start-up here (``ray.init`` 1.27-1.29 s without it against 1.89-2.05 s with it,
-    alternated 4 times, bench/README.md). deepgrid serves its own dashboard and uses neither API,
-    and a head without the server is what Ray makes when the server fails to start (no URL; the
-    raylet and its agents run as usual). Set DEEPGRID_RAY_API_SERVER=1 to keep it (for ``ray list``
-    or ``ray job`` against a local run). Where Ray's ``Node`` has no ``start_api_server`` (the method
-    Ray 2.60 starts the server with), nothing changes.
-    """
-    from ray._private.node import Node
-
-    keep = os.environ.get(API_SERVER_ENV, "").strip()
-    if keep not in ("", "0", "1"):
-        raise ConfigError(f"{API_SERVER_ENV}={keep!r} is not a setting: expected 1 (start Ray's API server "
-                          "with the local engine) or 0 (without it, the default); set one of those or unset it.")
-    original = getattr(Node, "start_api_server", None)
-    if original is None or keep == "1":
-        yield
-        return
-
-    def skip(self: Node, *args: object, **kwargs: object) -> None:
-        return None
-
-    Node.start_api_server = skip  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        Node.start_api_server = original  # type: ignore[method-assign]
 
 
 def join(address: str, timeout_s: float = CONNECT_TIMEOUT_S, log_to_driver: bool = True,
