@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepgrid.data.arrays import as_features, as_labels
-from deepgrid.data.dataset import ArrayDataset
+from deepgrid.data.dataset import ArrayDataset, Batches
 from deepgrid.errors import DataError
 
 
@@ -188,3 +188,24 @@ def test_lengths_must_match():
 def test_batch_size_zero_is_a_data_error():
     with pytest.raises(DataError):
         dataset(10).batch_order(0, seed=0, epoch=0)
+
+
+def test_a_batch_is_the_rows_that_plain_indexing_gives():
+    data = ArrayDataset(torch.randn(50, 7), torch.arange(50))
+    rows = torch.tensor([3, 41, 3, 0])
+    x, y = data.batch(rows)
+    assert torch.equal(x, data.x[rows]) and torch.equal(y, data.y[rows])
+
+
+def test_a_jobs_batches_are_gathered_when_read_and_read_as_often_as_asked():
+    data = ArrayDataset(torch.randn(40, 5), torch.arange(40))
+    order = data.batch_order(4, seed=1, epoch=0)
+    batches = Batches(data, order[2:7])
+    eager = [data.batch(idx) for idx in order[2:7]]
+    assert len(batches) == 5
+    for _ in range(2):  # iterable again: a model may go over its batches twice (dbn.train_step)
+        assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches, eager, strict=True))
+    assert torch.equal(batches[-1][1], eager[-1][1])
+    assert [torch.equal(b[1], e[1]) for b, e in zip(batches[1:3], eager[1:3], strict=True)] == [True, True]
+    with pytest.raises(IndexError):
+        batches[5]

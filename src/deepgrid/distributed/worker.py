@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepgrid.data.dataset import ArrayDataset
+from deepgrid.data.dataset import ArrayDataset, Batches
 from deepgrid.data.mapped import MappedDataset
 from deepgrid.data.shards import ShardLayout, WorkerShards, shard_batch_order, shard_blocks
 from deepgrid.distributed.strategies.base import WorkerPlugin
@@ -147,7 +147,7 @@ class Worker:
         start = self.model.get_flat_params() if self.plugin.wants_start else None
         if task.shard is None:
             order = self._order(task.phase, task.epoch)
-            batches = [self.data.batch(idx) for idx in order[task.start : task.stop]]
+            batches = Batches(self.data, order[task.start : task.stop])
         else:
             batches = self._shard_batches(task)
         seed_job_noise(self.model.conf.seed, task.phase, task.epoch, task.index)
@@ -163,7 +163,7 @@ class Worker:
                 "update": self.plugin.encode(start, self.model.get_flat_params()),
                 "n_samples": step.n_samples, "loss": step.loss, "seconds": time.perf_counter() - started}
 
-    def _shard_batches(self, task: Job) -> list[Any]:
+    def _shard_batches(self, task: Job) -> Batches:
         """A shard-blocked job's batches (its shard read now if this worker has not yet): positions
         [start, stop) of the epoch lie in its shard's block, whose first position is ``first``."""
         assert self.shards is not None and task.shard is not None
@@ -177,7 +177,7 @@ class Worker:
             self._blocks[key] = (first, shard_batch_order(counts[task.shard], self.batch_size, seed, task.epoch,
                                                           task.shard))
         first, order = self._blocks[key]
-        return [data.batch(idx) for idx in order[task.start - first : task.stop - first]]
+        return Batches(data, order[task.start - first : task.stop - first])
 
     def plugin_call(self, method: str, *args: Any) -> Any:
         """Run one of the strategy plugin's own methods here (e.g. joining a process group)."""

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from deepgrid.data.dataset import ArrayDataset
+from deepgrid.data.dataset import ArrayDataset, Batches
 from deepgrid.errors import DataError
 from deepgrid.models.base import Model, Phase
 from deepgrid.train.metrics_file import MetricsFile, validation_accuracy
@@ -135,7 +135,7 @@ def fit(
         for job_index, job in enumerate(jobs(order, job_size)):
             seed_job_noise(model.conf.seed, phase.name, epoch, job_index)
             began = time.perf_counter()
-            step = model.train_step(phase.name, [data.batch(idx) for idx in job])
+            step = model.train_step(phase.name, Batches(data, job))
             where.round += 1
             if metrics is not None:
                 metrics.add_round(round=where.round, phase=phase.name, epoch=epoch + 1, loss=step.loss,
