@@ -5,8 +5,9 @@ train it, phase by phase. The runtime needs only:
 
 * ``phases()``: the training phases in order (DBN: ``pretrain:0`` ...
   ``pretrain:n-1``, then ``finetune``; MLP: ``finetune`` only);
-* ``train_step(phase, batches)``: train one phase on a list of mini-batches,
-  returning the samples seen and their mean loss;
+* ``train_step(phase, batches)``: train one phase on a sequence of mini-batches
+  (a ``deepgrid.data.dataset.Batches``: each gathered as it is read), returning
+  the samples seen and their mean loss;
 * ``get_flat_params()`` / ``set_flat_params()``: the parameters as one flat
   float32 vector (what workers exchange); optimizer state stays in the model,
   apart from the parameters, so each worker keeps its own.
