@@ -39,6 +39,7 @@ import functools
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -227,11 +228,8 @@ def by_contender(runs: list[Run]) -> dict[str, list[Run]]:
 def median_time_to(runs: list[Run], target: float) -> float | None:
     """The median over seeds of the time to ``target``, a run that never reached it counting as
     slower than any that did (None when that is the median): a seed that misses is not dropped."""
-    times = sorted(t if (t := r.time_to(target)) is not None else float("inf") for r in runs if not r.error)
-    if not times:
-        return None
-    mid = len(times) // 2
-    value = times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    times = [t if (t := r.time_to(target)) is not None else float("inf") for r in runs if not r.error]
+    value = statistics.median(times) if times else float("inf")
     return None if value == float("inf") else value
 
 

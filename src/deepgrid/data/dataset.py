@@ -140,5 +140,4 @@ class ArrayDataset:
 
     def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0) -> Iterator[Batch]:
         """Shuffled mini-batches of one epoch (a ragged last batch is dropped)."""
-        for idx in self.batch_order(batch_size, seed, epoch):
-            yield self.batch(idx)
+        yield from Batches(self, self.batch_order(batch_size, seed, epoch))
