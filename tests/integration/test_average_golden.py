@@ -1,17 +1,21 @@
-"""The `average` strategy computes, to the bit, the algorithm the master ran before the strategy
-seam (issue 9): each worker trains its job from the round's parameters with its own optimizer
-state; the next parameters are the sample-weighted mean of the workers' parameters, summed in
-float64 in job order, plus ``block_momentum`` times the previous round's step.
+"""The `average` strategy computes, to the bit, the algorithm written out in ``replay`` below: each
+worker trains its job from the round's parameters with its own optimizer state (its SGD momentum
+dropped when those parameters are not its own, unless ``reset_momentum: false``); the next
+parameters are the sample-weighted mean of the workers' parameters, summed in float64 in job
+order, plus ``block_momentum`` times the previous round's step. With ``reset_momentum: false``
+that is the algorithm the master ran before the strategy seam (issue 9).
 
 Two checks, both on the run's final float32 parameters:
 
 * on every machine: the same schedule (which worker trained which job, round by round, as the
   run's own reports say) replayed in this process, each job through the model's ``train_step`` at
   one thread as a worker runs it, and the rounds combined by the formula above, written out here;
-* on the CPU kinds it was recorded on: the SHA-256 digest the master gave before the seam (main
-  at commit 379ce18, "Average in job order"). The products round differently on other CPUs (vector
-  paths, MKL's kernels), so a recording holds for its kind only: the EPYC digests failed on an
-  Intel Xeon, where 379ce18 itself gives the Xeon's. Re-record on a new kind from that commit with
+* on the CPU kinds it was recorded on: the SHA-256 digest recorded earlier. With momentum kept,
+  the digest the master gave before the seam (main at commit 379ce18, "Average in job order");
+  with momentum dropped (the default since), the digest of the commit that made it the default.
+  The products round differently on other CPUs (vector paths, MKL's kernels), so a recording
+  holds for its kind only: the EPYC digests failed on an Intel Xeon, where 379ce18 itself gives
+  the Xeon's. Re-record on a new kind, from those commits, with
   `DEEPGRID_PRINT_GOLDEN=1 pytest -s tests/integration/test_average_golden.py`.
 
 With `pull_jobs: false` each round hands one job to each worker, and the mean is summed in job
@@ -37,8 +41,9 @@ from tests.integration.synthetic import N_CLASSES, N_IN, TRAIN
 
 BLOCK_MOMENTUM = 0.5
 
-# CPU kind (vendor, torch's vector capability) -> workers -> digest, recorded from commit 379ce18.
-RECORDED = {
+# CPU kind (vendor, torch's vector capability) -> workers -> digest, momentum kept (reset_momentum:
+# false), recorded from commit 379ce18.
+RECORDED_KEPT = {
     ("AuthenticAMD", "AVX512"): {  # AMD EPYC: this project's CI machine until 2026-11-30
         1: "bbdf87df4c15acece6a3dfe70ac0e8fc55f23ef1f4c6cfd64627032187e0d665",
         2: "2947cf4b684e11a2d4da1a7649584f3ce06334aa16c3d8010f9caa7e819c6e04",
@@ -49,10 +54,19 @@ RECORDED = {
     },
 }
 
+# The same, momentum dropped (the default), recorded from the commit that made it the default.
+RECORDED_DROPPED = {
+    ("GenuineIntel", "AVX512"): {  # Intel Xeon, recorded 2026-12-01 (no EPYC to record on since)
+        1: "5bc61fd816e7f6de12d5acfe6b137b0805b87a77081e46ee9db0695726a1d2b4",
+        2: "5e75d509d36d0e612c9a3cee164ec273b6d679ced53b20f165ea44d713929ac9",
+    },
+}
 
-def conf(workers: int) -> Conf:
+
+def conf(workers: int, reset_momentum: bool) -> Conf:
     return Conf(model="mlp", workers=workers, batch_size=16, averaging_frequency=4, epochs=2,
                 block_momentum=BLOCK_MOMENTUM,  # exercise the block step with one worker too
+                reset_momentum=reset_momentum,
                 pull_jobs=False,  # one job per worker per round, whatever the timing
                 network=dict(n_in=N_IN, n_out=N_CLASSES, hidden_layer_sizes=[32], activation="relu",
                              finetune_lr=0.05, seed=7))
@@ -99,7 +113,12 @@ def replay(c: Conf, data: Any, initial: np.ndarray, rounds: list[list[tuple[str,
                     models[worker_id] = build_named_model(c.model, network)
                 model = models[worker_id]
                 phases = [p.name for p in model.phases()]
+                moved = not np.array_equal(model.get_flat_params(), params)
                 model.set_flat_params(params)
+                if moved and c.reset_momentum:  # SGD's velocity belongs to the path it left
+                    for optimizer in model._optimizers.values():
+                        for entry in optimizer.state.values():
+                            entry.pop("momentum_buffer", None)
                 order = data.batch_order(c.batch_size, phase_seed(seed, phases.index(job.phase)), job.epoch)
                 seed_job_noise(seed, job.phase, job.epoch, job.index)
                 step = model.train_step(job.phase, [data.batch(idx) for idx in order[job.start : job.stop]])
@@ -122,9 +141,10 @@ def replay(c: Conf, data: Any, initial: np.ndarray, rounds: list[list[tuple[str,
     return params
 
 
+@pytest.mark.parametrize("reset_momentum", [True, False], ids=["momentum-dropped", "momentum-kept"])
 @pytest.mark.parametrize("workers", [1, 2])
-def test_average_matches_the_algorithm_before_the_seam(workers: int) -> None:
-    c = conf(workers)
+def test_average_matches_its_algorithm(workers: int, reset_momentum: bool) -> None:
+    c = conf(workers, reset_momentum)
     schedule = Schedule()
     runner = ActorNetworkRunner("master", TRAIN)
     try:
@@ -136,13 +156,13 @@ def test_average_matches_the_algorithm_before_the_seam(workers: int) -> None:
         runner.shutdown()
     got = model.get_flat_params()
     if os.environ.get("DEEPGRID_PRINT_GOLDEN"):
-        print(f"\n{cpu_kind()} {workers}: {digest(got)!r},")
+        print(f"\n{cpu_kind()} reset_momentum={reset_momentum} {workers}: {digest(got)!r},")
     assert len(schedule.rounds) > 4 and all(len(jobs) <= workers for jobs in schedule.rounds)
     expected = replay(c, data, initial, schedule.rounds)
     assert digest(got) == digest(expected), (f"{workers} worker(s): the run's parameters differ from the same "
                                              "rounds replayed in one process (max difference "
                                              f"{float(np.abs(got - expected).max()):.3g})")
-    recorded = RECORDED.get(cpu_kind())
+    recorded = (RECORDED_DROPPED if reset_momentum else RECORDED_KEPT).get(cpu_kind())
     if recorded is not None:  # a kind without a recording still has the replay's check above
         assert digest(got) == recorded[workers], (f"{workers} worker(s): the parameters differ from those "
-                                                  f"recorded on this CPU kind {cpu_kind()} before the seam")
+                                                  f"recorded on this CPU kind {cpu_kind()}")

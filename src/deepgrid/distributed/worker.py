@@ -143,7 +143,7 @@ class Worker:
         started = time.perf_counter()
         task = Job.from_dict(job)
         if params is not None:
-            self.model.set_flat_params(params)
+            self.plugin.take_params(self, params)
         start = self.model.get_flat_params() if self.plugin.wants_start else None
         if task.shard is None:
             order = self._order(task.phase, task.epoch)

@@ -136,6 +136,14 @@ class Model:
     def reset_optimizers(self) -> None:
         self._optimizers.clear()
 
+    def reset_momentum(self) -> None:
+        """Forget SGD's momentum buffers (the velocity of the path these parameters were on); an
+        adaptive optimizer's statistics (Adam's, Adagrad's) are kept. The next step starts its
+        buffer from its own gradient, as the first step of a new optimizer does."""
+        for optimizer in self._optimizers.values():
+            for entry in optimizer.state.values():
+                entry.pop("momentum_buffer", None)
+
     def get_flat_params(self) -> np.ndarray:
         """All parameters as one new float32 vector, in ``module.parameters()`` order."""
         with torch.no_grad():
@@ -144,12 +152,7 @@ class Model:
 
     def set_flat_params(self, flat: np.ndarray | Tensor) -> None:
         """Overwrite all parameters from a flat vector made by ``get_flat_params``."""
-        array = np.asarray(flat, dtype=np.float32)
-        with warnings.catch_warnings():
-            # A zero-copy, read-only view from Ray's object store: torch warns that it cannot
-            # write to it, but the vector is only read, into the parameters: no copy needed.
-            warnings.simplefilter("ignore", UserWarning)
-            vector = torch.from_numpy(array)
+        vector = as_vector(flat)
         if vector.numel() != self.n_params:
             raise ModelError(
                 f"Parameter vector has {vector.numel()} values but {self.name} has {self.n_params}; "
@@ -161,6 +164,20 @@ class Model:
                 n = p.numel()
                 p.copy_(vector[offset : offset + n].view_as(p))
                 offset += n
+
+    def holds_flat_params(self, flat: np.ndarray) -> bool:
+        """True when ``flat`` (``get_flat_params``'s layout) holds exactly these parameters."""
+        vector = as_vector(flat)
+        if vector.numel() != self.n_params:
+            return False
+        offset = 0
+        with torch.no_grad():
+            for p in self.module.parameters():
+                n = p.numel()
+                if not torch.equal(p.detach().reshape(-1).cpu(), vector[offset : offset + n]):
+                    return False
+                offset += n
+        return True
 
     @property
     def n_params(self) -> int:
@@ -218,6 +235,16 @@ class Model:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.n_params} parameters, {json.dumps(self.conf.hidden_layer_sizes)})"
+
+
+def as_vector(flat: np.ndarray | Tensor) -> Tensor:
+    """A flat float32 parameter vector as a tensor, without a copy where it can be had."""
+    array = np.asarray(flat, dtype=np.float32)
+    with warnings.catch_warnings():
+        # A zero-copy, read-only view from Ray's object store: torch warns that it cannot
+        # write to it, but the vector is only read, into the parameters: no copy needed.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
 
 
 def make_optimizer(params: list[nn.Parameter], name: str, lr: float, momentum: float,

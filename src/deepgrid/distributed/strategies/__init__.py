@@ -20,7 +20,7 @@ __all__ = ["STRATEGIES", "AllreduceStrategy", "AsyncStrategy", "AverageStrategy"
 def make_strategy(conf: Conf) -> Strategy:
     """The strategy the Conf names, built from its settings."""
     if conf.strategy == "average":
-        return AverageStrategy(conf.block_momentum)
+        return AverageStrategy(conf.block_momentum, conf.reset_momentum)
     if conf.strategy == "async":
         return AsyncStrategy(conf.max_staleness)
     if conf.strategy == "sharing":

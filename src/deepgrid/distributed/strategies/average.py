@@ -3,21 +3,50 @@
 Each worker trains from the round's parameters; the next parameters are the exact mean of the
 workers' last parameters, each weighted by the samples it trained this round, plus
 ``block_momentum`` times the previous round's step (BMUF, Chen & Huo 2016).
+
+A worker given parameters other than its own drops its SGD momentum (``reset_momentum``, as
+CNTK's BMUF does by default): its velocity belongs to the path it left, and the block momentum
+already carries the round's direction on. Kept, the two momenta compound: with 4 or more
+workers and short jobs the parameters grew without bound (``tests/integration/test_momentum_reset.py``).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from deepgrid.distributed.strategies.base import JobResult, Strategy
+from deepgrid.distributed.strategies.base import JobResult, Strategy, WorkerPlugin
+
+if TYPE_CHECKING:
+    from deepgrid.distributed.worker import Worker
+
+
+class AveragePlugin(WorkerPlugin):
+    """The worker's half: whole parameters back, momentum dropped when the round moved it."""
+
+    def __init__(self, reset_momentum: bool = True) -> None:
+        self.reset_momentum = reset_momentum
+
+    def take_params(self, worker: Worker, params: np.ndarray) -> None:
+        # One worker alone without block momentum gets its own parameters back: it keeps its
+        # momentum, and so computes exactly what the single-process loop computes.
+        moved = self.reset_momentum and not worker.model.holds_flat_params(params)
+        worker.model.set_flat_params(params)
+        if moved:
+            worker.model.reset_momentum()
 
 
 class AverageStrategy(Strategy):
     name = "average"
 
-    def __init__(self, block_momentum: float | None = None) -> None:
+    def __init__(self, block_momentum: float | None = None, reset_momentum: bool = True) -> None:
         self.block_momentum = block_momentum
+        self.reset_momentum = reset_momentum
         self.block_step: np.ndarray | None = None  # the last round's step
+
+    def worker_plugin(self) -> WorkerPlugin:
+        return AveragePlugin(self.reset_momentum)
 
     def begin_phase(self) -> None:
         self.block_step = None  # a new phase trains other parameters: no momentum carried over

@@ -61,6 +61,10 @@ class WorkerPlugin:
         """A function the model calls after each backward pass, or None."""
         return None
 
+    def take_params(self, worker: Worker, params: np.ndarray) -> None:
+        """Start the job from the round's parameters ``params``."""
+        worker.model.set_flat_params(params)
+
     def encode(self, start: np.ndarray | None, end: np.ndarray) -> Any:
         """What the job sends back to the master, from the parameters it started and ended with."""
         return end
