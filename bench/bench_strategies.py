@@ -114,11 +114,12 @@ class EverySamples:
 
 
 def run_deepgrid(train: Any, test: Any, strategy: str, workers: int, epochs: int, k: int, evals_per_epoch: int,
-                 factory: Callable[[], Any] | None = None, seed: int = common.SEED) -> Run:
+                 factory: Callable[[], Any] | None = None, seed: int = common.SEED,
+                 extra: dict[str, Any] | None = None) -> Run:
     from deepgrid.distributed.runner import ActorNetworkRunner
 
     common.quiet_ray()  # deepgrid starts (and stops) its own local Ray
-    conf = common.deepgrid_conf(workers, k, epochs, "bench-strategies", seed=seed, strategy=strategy)
+    conf = common.deepgrid_conf(workers, k, epochs, "bench-strategies", seed=seed, strategy=strategy, **(extra or {}))
     t0 = time.monotonic()
     marks = EverySamples(len(train) / evals_per_epoch if evals_per_epoch else float("inf"), t0)
     runner = ActorNetworkRunner("master", train, model_factory=factory)
@@ -200,9 +201,10 @@ def part_tta(bench: Bench, args: argparse.Namespace, strategies: list[str], trai
         tag = f", seed {seed}" if len(args.seeds) > 1 else ""
         for strategy in strategies:
             for workers in args.workers:
-                name = f"deepgrid {strategy}, {workers} worker{'s' if workers > 1 else ''}{tag}"
+                settings = "".join(f", {key}={value}" for key, value in args.conf.items())
+                name = f"deepgrid {strategy}, {workers} worker{'s' if workers > 1 else ''}{settings}{tag}"
                 runs.append(bench.run(name, run_deepgrid, train, test, strategy, workers, args.epochs, args.k,
-                                      args.evals_per_epoch, seed=seed))
+                                      args.evals_per_epoch, seed=seed, extra=args.conf))
         if not args.skip_ddp:
             runs.append(bench.run(f"PyTorch DDP gloo, 2 processes{tag}", run_ddp, args.train_limit, args.epochs,
                                   args.evals_per_epoch, seed=seed))
@@ -619,7 +621,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale-epochs", type=int, default=3)
     p.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "bench-strategies",
                    help="where the tables, the plot and the JSON go (default runs/bench-strategies)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="time to accuracy: a Conf field for deepgrid's runs, its value in YAML (e.g. "
+                        "reset_momentum=false); repeat for more")
     args = p.parse_args(argv)
+    args.conf = dict(conf_field(text, p) for text in args.conf)
     if args.quick:
         args.train_limit = args.train_limit or QUICK_LIMIT
         args.scale_limit = min(args.scale_limit, QUICK_LIMIT)
@@ -630,6 +636,18 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if not (args.tta or args.stragglers or args.scale):
         args.tta = True
     return args
+
+
+def conf_field(text: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+    """``KEY=VALUE`` as (key, the YAML value), or the parser's one-line error."""
+    import yaml
+
+    from deepgrid.config.conf import Conf
+
+    key, sep, value = text.partition("=")
+    if not sep or key not in Conf.__dataclass_fields__:
+        parser.error(f"--conf {text!r}: expected KEY=VALUE with KEY a Conf field (e.g. reset_momentum=false)")
+    return key, yaml.safe_load(value)
 
 
 def main(argv: list[str] | None = None) -> int:
