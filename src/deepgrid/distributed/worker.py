@@ -25,6 +25,7 @@ from deepgrid.data.shards import ShardLayout, WorkerShards, shard_batch_order, s
 from deepgrid.distributed.strategies.base import WorkerPlugin
 from deepgrid.models.base import Model
 from deepgrid.state.base import Job
+from deepgrid.train.denormals import flush_denormals
 from deepgrid.train.loop import phase_seed, seed_job_noise
 
 ModelFactory = Callable[[], Model]
@@ -78,6 +79,7 @@ class Worker:
 
     def _build(self, model_factory: ModelFactory, data: Any, labels: Any, batch_size: int, threads: int,
                device: str, plugin: WorkerPlugin | None) -> None:
+        flush_denormals()  # first: threads torch starts later inherit it (deepgrid.train.denormals)
         torch.set_num_threads(threads)
         self.device = device
         self.model = model_factory().to(device)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from deepgrid.data.dataset import ArrayDataset, Batches
 from deepgrid.errors import DataError
 from deepgrid.models.base import Model, Phase
+from deepgrid.train.denormals import denormals_flushed
 from deepgrid.train.metrics_file import MetricsFile, validation_accuracy
 from deepgrid.train.schedule import RunProgress, run_phases
 
@@ -160,9 +161,10 @@ def fit(
         if on_epoch is not None:
             on_epoch(phase, epoch, loss)
 
-    result.stopped_early = not run_phases(
-        model, epochs, train_epoch, where, patience=patience, min_improvement=min_improvement,
-        validate=(lambda: validation_loss(model, validation)) if validation is not None else None,
-        on_epoch=epoch_done)
+    with denormals_flushed():  # as every worker trains (deepgrid.train.denormals)
+        result.stopped_early = not run_phases(
+            model, epochs, train_epoch, where, patience=patience, min_improvement=min_improvement,
+            validate=(lambda: validation_loss(model, validation)) if validation is not None else None,
+            on_epoch=epoch_done)
     result.elapsed_s = time.perf_counter() - start
     return result
