@@ -133,7 +133,7 @@ class Conf:
     # momentum buffers, as CNTK's BMUF does by default. Kept, they compound with the block
     # momentum: the MLP on Fashion-MNIST at K = 10, 3 epochs, test accuracy 0.859/0.855/0.849
     # against 0.836/0.844/0.832 with 2/4/8 workers (at K = 100 within -0.6..+0.3 points;
-    # bench/README.md, "Local momentum"); with 4 workers and K = 4 a small MLP's parameters
+    # bench/README.md, bench_momentum.py); with 4 workers and K = 4 a small MLP's parameters
     # grew without bound. Adam's and Adagrad's statistics are always kept.
     reset_momentum: bool = True
     # A worker that is done while a slower one will be busy for longer than its own next job takes
