@@ -117,9 +117,7 @@ def replay(c: Conf, data: Any, initial: np.ndarray, rounds: list[list[tuple[str,
                 moved = not np.array_equal(model.get_flat_params(), params)
                 model.set_flat_params(params)
                 if moved and c.reset_momentum:  # SGD's velocity belongs to the path it left
-                    for optimizer in model._optimizers.values():
-                        for entry in optimizer.state.values():
-                            entry.pop("momentum_buffer", None)
+                    model.reset_momentum()
                 order = data.batch_order(c.batch_size, phase_seed(seed, phases.index(job.phase)), job.epoch)
                 seed_job_noise(seed, job.phase, job.epoch, job.index)
                 step = model.train_step(job.phase, [data.batch(idx) for idx in order[job.start : job.stop]])
