@@ -57,7 +57,11 @@ RECORDED_KEPT = {
 
 # The same, momentum dropped (the default), recorded from the commit that made it the default.
 RECORDED_DROPPED = {
-    ("GenuineIntel", "AVX512"): {  # Intel Xeon, recorded 2026-12-01 (no EPYC to record on since)
+    ("AuthenticAMD", "AVX512"): {  # AMD EPYC, recorded 2026-12-01 from commit 63811b2 (and main's 3e38cbe)
+        1: "bdf04bca30999e0bc2a8b16b3ab36d28f892c15cd17a6f71e124a0670152a827",
+        2: "322ca153e79b19eab7adeb79772589b8c1925e90a44d237d9613e978117bf8db",
+    },
+    ("GenuineIntel", "AVX512"): {  # Intel Xeon, recorded 2026-12-01
         1: "5bc61fd816e7f6de12d5acfe6b137b0805b87a77081e46ee9db0695726a1d2b4",
         2: "5e75d509d36d0e612c9a3cee164ec273b6d679ced53b20f165ea44d713929ac9",
     },
