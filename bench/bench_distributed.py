@@ -28,8 +28,8 @@ ragged tail dropped) and cut each shard into batches of 64.
     .venv/bin/python bench/bench_distributed.py                 # defaults: 2 epochs, K = 100
     .venv/bin/python bench/bench_distributed.py --quick         # 10k examples, 1 epoch: smoke run
     .venv/bin/python bench/bench_distributed.py --sweep-k 10,20,50,100 --skip-ray-train --skip-ddp
-    .venv/bin/python bench/bench_distributed.py --epochs 4 --repeat 5 --skip-ray-train --skip-ddp
-                                                                # (b), (c) alternated 5 times: median ratio
+    .venv/bin/python bench/bench_distributed.py --epochs 12 --repeat 5 --skip-ray-train --skip-ddp
+                                                                # (a), (f), (b), (c) 5 times: median ratios
 
 Ray Train needs ``ray[train]`` (pandas, pyarrow, tensorboardX):
 ``.venv/bin/pip install -c constraints.txt "ray[train]"``; without it, (e) is
@@ -296,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dbn", action="store_true",
                    help="also train examples/dbn.yaml with 1 and 2 workers (target: within 0.5 points)")
     p.add_argument("--repeat", type=int, default=1,
-                   help="run (b) and (c) this many times, alternated; the 2 workers / 1 worker verdict takes "
-                        "the median of the pairs' ratios (this machine's speed changes from minute to minute)")
+                   help="run (b) and (c) this many times, alternated, each pair beside (a) and (f) (this machine's "
+                        "2-process ceiling at that moment); the 2 workers / 1 worker verdict takes the median of the "
+                        "pairs' ratios (this machine's speed changes from minute to minute)")
     p.add_argument("--skip-two-loops", action="store_true", help="skip (f), the two independent loops")
     p.add_argument("--skip-ddp", action="store_true")
     p.add_argument("--skip-ray-train", action="store_true")
@@ -338,10 +339,17 @@ def main(argv: list[str] | None = None) -> int:
         rows[key] = row
         return row
 
-    attempt("hand", "(a) PyTorch loop, 1 thread", run_hand, train, test, epochs)
     pairs: list[tuple[Row, Row]] = []
+    ceilings: list[tuple[Row, Row]] = []  # ((a), (f)) measured beside each pair, when repeated
     for i in range(max(args.repeat, 1)):
         suffix = f" (pair {i + 1})" if args.repeat > 1 else ""
+        if i == 0 or not args.skip_two_loops:  # with --repeat, the ceiling is measured beside every pair
+            hand = attempt("hand" if i == 0 else f"pair{i}-hand", "(a) PyTorch loop, 1 thread" + suffix, run_hand,
+                           train, test, epochs)
+        if not args.skip_two_loops:
+            loops = attempt("loops" if i == 0 else f"pair{i}-loops", "(f) 2 PyTorch loops at once" + suffix,
+                            run_two_loops, limit, epochs)
+            ceilings.append((hand, loops))
         one = attempt("dg1" if i == 0 else f"pair{i}-dg1", "(b) deepgrid 1 worker" + suffix, run_deepgrid, train,
                       test, 1, args.k, epochs)
         two = attempt("dg2" if i == 0 else f"pair{i}-dg2", "(c) deepgrid 2 workers" + suffix, run_deepgrid, train,
@@ -349,8 +357,6 @@ def main(argv: list[str] | None = None) -> int:
         pairs.append((one, two))
     if args.skip_two_loops:
         rows["loops"] = Row("(f) 2 PyTorch loops at once, no comms", error="skipped (--skip-two-loops)")
-    else:
-        attempt("loops", "(f) 2 PyTorch loops at once", run_two_loops, limit, epochs)
     if args.skip_ddp:
         rows["ddp"] = Row("(d) PyTorch DDP gloo, 2 procs", error="skipped (--skip-ddp)")
     else:
@@ -385,28 +391,40 @@ def main(argv: list[str] | None = None) -> int:
     r = ratios(rows)
     pair_ratios = [two.samples_per_s / one.samples_per_s for one, two in pairs
                    if one.samples_per_s and two.samples_per_s]
+    ceiling_ratios = [loops.samples_per_s / hand.samples_per_s for hand, loops in ceilings
+                      if hand.samples_per_s and loops.samples_per_s]
     if len(pairs) > 1:
-        print(f"\n(b) and (c) alternated {len(pairs)} times (samples/s, 1 worker -> 2 workers: ratio)")
+        beside = ", beside (a) -> (f), this machine's ceiling at that moment" if ceilings else ""
+        print(f"\n(b) and (c) alternated {len(pairs)} times (samples/s, 1 worker -> 2 workers: ratio{beside})")
         for i, (one, two) in enumerate(pairs):
             shown = f"{two.samples_per_s / one.samples_per_s:.3f}" if one.samples_per_s and two.samples_per_s else "-"
-            print(f"  pair {i + 1}: {_fmt(one.samples_per_s, ',.0f')} -> {_fmt(two.samples_per_s, ',.0f')}: {shown}")
+            line = f"  pair {i + 1}: {_fmt(one.samples_per_s, ',.0f')} -> {_fmt(two.samples_per_s, ',.0f')}: {shown}"
+            if i < len(ceilings):
+                hand, loops = ceilings[i]
+                up = f"{loops.samples_per_s / hand.samples_per_s:.3f}" if hand.samples_per_s and loops.samples_per_s else "-"
+                line += f"   (a) -> (f): {_fmt(hand.samples_per_s, ',.0f')} -> {_fmt(loops.samples_per_s, ',.0f')}: {up}"
+            print(line)
         if pair_ratios:
             r["dg2_over_dg1"] = statistics.median(pair_ratios)
-            print(f"  median {r['dg2_over_dg1']:.3f} (the verdict below)")
+            print(f"  median {r['dg2_over_dg1']:.3f} (the verdict below)"
+                  + (f"; the ceiling's median {statistics.median(ceiling_ratios):.3f}" if ceiling_ratios else ""))
     print("\nRatios and targets")
     for key, (desc, op, bound) in TARGETS.items():
         value = r[key]
         shown = "-" if value is None else (f"{value:+.2f}" if op == "abs<=" else f"{value:.3f}")
         target = f"|x| <= {bound}" if op == "abs<=" else f"{op} {bound}"
         print(f"  {desc:<52} {shown:>8}   target {target:<10} {verdict(value, op, bound)}")
-    loops, hand = rows.get("loops"), rows.get("hand")
-    if loops is not None and loops.samples_per_s and hand is not None and hand.samples_per_s:
-        ceiling = loops.samples_per_s / hand.samples_per_s
+    if ceiling_ratios:
+        # Two loops sharing nothing are what this machine gives two processes: 2 workers / 1 worker
+        # cannot exceed (f) / (a) but by chance, so both are read beside each other.
+        ceiling = statistics.median(ceiling_ratios)
         r["loops_over_hand"] = ceiling
-        twos = [two.samples_per_s for _, two in pairs if two.samples_per_s]
-        share = statistics.median(twos) / loops.samples_per_s if twos else None
-        print(f"  (not a target) this machine's 2-process ceiling, (f) / (a): {ceiling:.3f}; "
-              f"deepgrid 2 workers (median) / (f): {_fmt(share, '.3f')}")
+        shares = [two.samples_per_s / loops.samples_per_s for (_, two), (_, loops) in zip(pairs, ceilings, strict=False)
+                  if two.samples_per_s and loops.samples_per_s]
+        of_ceiling = r["dg2_over_dg1"] / ceiling if r["dg2_over_dg1"] else None
+        print(f"  (not a target) this machine's 2-process ceiling, (f) / (a){' (median)' if len(ceilings) > 1 else ''}: "
+              f"{ceiling:.3f}; deepgrid 2 workers / (f): {_fmt(statistics.median(shares) if shares else None, '.3f')}; "
+              f"2 workers / 1 worker over the ceiling: {_fmt(of_ceiling, '.3f')}")
     cpu_ratios = cpu_efficiency(rows)
     print("  (not targets) samples per CPU-second, which other load does not change much: "
           + "; ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in cpu_ratios.items()))
@@ -428,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         "others_cpu": round(others, 2),
         "results": {key: asdict(row) for key, row in rows.items() if not key.startswith("sweep")},
         "pair_ratios": pair_ratios,
+        "ceiling_ratios": ceiling_ratios,
         "ratios": r, "cpu_efficiency_ratios": cpu_ratios, "verdicts": {key: verdict(r[key], op, bound) for key, (_, op, bound) in TARGETS.items()},
         "sweep": [asdict(row) for row in sweep_rows],
         "dbn": [asdict(row) for row in dbn_rows], "dbn_gap_points": dbn_gap,
