@@ -225,6 +225,11 @@ def run_ray_train(train: Any, test: Any, epochs: int, world: int = 2) -> Row:
 # -- report -------------------------------------------------------------------------------------------
 
 
+def speedup(slow: Row, fast: Row) -> float | None:
+    """``fast``'s samples/s over ``slow``'s; None when either has none (it failed)."""
+    return fast.samples_per_s / slow.samples_per_s if slow.samples_per_s and fast.samples_per_s else None
+
+
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -389,20 +394,18 @@ def main(argv: list[str] | None = None) -> int:
                 "Results (samples/s inside the training loop; per CPU-s = samples per CPU second its processes "
                 "used in the loop; wall = end to end with start-up)")
     r = ratios(rows)
-    pair_ratios = [two.samples_per_s / one.samples_per_s for one, two in pairs
-                   if one.samples_per_s and two.samples_per_s]
-    ceiling_ratios = [loops.samples_per_s / hand.samples_per_s for hand, loops in ceilings
-                      if hand.samples_per_s and loops.samples_per_s]
+    pair_ratios = [x for x in (speedup(one, two) for one, two in pairs) if x is not None]
+    ceiling_ratios = [x for x in (speedup(hand, loops) for hand, loops in ceilings) if x is not None]
     if len(pairs) > 1:
         beside = ", beside (a) -> (f), this machine's ceiling at that moment" if ceilings else ""
         print(f"\n(b) and (c) alternated {len(pairs)} times (samples/s, 1 worker -> 2 workers: ratio{beside})")
         for i, (one, two) in enumerate(pairs):
-            shown = f"{two.samples_per_s / one.samples_per_s:.3f}" if one.samples_per_s and two.samples_per_s else "-"
-            line = f"  pair {i + 1}: {_fmt(one.samples_per_s, ',.0f')} -> {_fmt(two.samples_per_s, ',.0f')}: {shown}"
+            line = (f"  pair {i + 1}: {_fmt(one.samples_per_s, ',.0f')} -> {_fmt(two.samples_per_s, ',.0f')}: "
+                    f"{_fmt(speedup(one, two), '.3f')}")
             if i < len(ceilings):
                 hand, loops = ceilings[i]
-                up = f"{loops.samples_per_s / hand.samples_per_s:.3f}" if hand.samples_per_s and loops.samples_per_s else "-"
-                line += f"   (a) -> (f): {_fmt(hand.samples_per_s, ',.0f')} -> {_fmt(loops.samples_per_s, ',.0f')}: {up}"
+                line += (f"   (a) -> (f): {_fmt(hand.samples_per_s, ',.0f')} -> {_fmt(loops.samples_per_s, ',.0f')}: "
+                         f"{_fmt(speedup(hand, loops), '.3f')}")
             print(line)
         if pair_ratios:
             r["dg2_over_dg1"] = statistics.median(pair_ratios)
@@ -419,8 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         # cannot exceed (f) / (a) but by chance, so both are read beside each other.
         ceiling = statistics.median(ceiling_ratios)
         r["loops_over_hand"] = ceiling
-        shares = [two.samples_per_s / loops.samples_per_s for (_, two), (_, loops) in zip(pairs, ceilings, strict=False)
-                  if two.samples_per_s and loops.samples_per_s]
+        shares = [x for x in (speedup(loops, two) for (_, two), (_, loops) in zip(pairs, ceilings, strict=True))
+                  if x is not None]
         of_ceiling = r["dg2_over_dg1"] / ceiling if r["dg2_over_dg1"] else None
         print(f"  (not a target) this machine's 2-process ceiling, (f) / (a){' (median)' if len(ceilings) > 1 else ''}: "
               f"{ceiling:.3f}; deepgrid 2 workers / (f): {_fmt(statistics.median(shares) if shares else None, '.3f')}; "
