@@ -25,6 +25,12 @@ the single-process loop and deepgrid cut it into batches of 64 in order; DDP and
 Ray Train shard it DistributedSampler-style (rank r takes every world-th index,
 ragged tail dropped) and cut each shard into batches of 64.
 
+For (b) and (c) it also prints where the CPU went, by kind of process (workers, master, Ray's
+raylet with its object store, GCS, the rest of the machine), the CPUs in use on average, and what
+2 workers / 1 worker would be if no core ever waited for a round: (c)'s cores less what its other
+processes used, at (c)'s workers' CPU per sample, over (b)'s samples/s. The gap between that and the
+measured ratio is what the rounds' barrier costs; the gap between it and (f) / (a) is the rest.
+
     .venv/bin/python bench/bench_distributed.py                 # defaults: 2 epochs, K = 100
     .venv/bin/python bench/bench_distributed.py --quick         # 10k examples, 1 epoch: smoke run
     .venv/bin/python bench/bench_distributed.py --sweep-k 10,20,50,100 --skip-ray-train --skip-ddp
@@ -92,6 +98,8 @@ class Row:
     samples: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # deepgrid's rows: CPU seconds each kind of process on the machine used in the loop (cpu_by_kind)
+    cpu_split: dict[str, float] = field(default_factory=dict)
 
 
 MONITOR: ForeignCpu | None = None  # set in main()
@@ -123,6 +131,39 @@ def run_hand(train: Any, test: Any, epochs: int) -> Row:
 
 # -- (b), (c) deepgrid ---------------------------------------------------------------------------
 
+CPU_KINDS = ("workers", "master", "raylet", "gcs", "rest")
+
+
+def cpu_by_process() -> dict[tuple[int, int], tuple[str, float]]:
+    """Every process on the machine: (pid, start time) -> (its kind, CPU seconds so far). Kinds:
+    ``master`` (this process), ``workers`` (Ray's worker processes, where deepgrid's worker actors
+    run), ``raylet`` (with Ray's object store, through which parameters and results pass), ``gcs``, and
+    ``rest`` (Ray's other processes, the kernel's threads, other people's work)."""
+    tick, me, found = os.sysconf("SC_CLK_TCK"), os.getpid(), {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+        except OSError:  # it ended meanwhile
+            continue
+        name, fields = text[text.find("(") + 1 : text.rfind(")")], text[text.rfind(")") + 2 :].split()
+        kind = ("master" if int(entry) == me else "workers" if name.startswith("ray::Worker")
+                else "raylet" if name == "raylet" else "gcs" if name == "gcs_server" else "rest")
+        found[(int(entry), int(fields[19]))] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+    return found
+
+
+def cpu_by_kind(before: dict[tuple[int, int], tuple[str, float]],
+                after: dict[tuple[int, int], tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds used between two cpu_by_process() readings, summed by kind (a process that ended
+    in between is missed; none of deepgrid's does while it trains)."""
+    used = dict.fromkeys(CPU_KINDS, 0.0)
+    for key, (kind, cpu) in after.items():
+        used[kind] += cpu - before.get(key, (kind, 0.0))[1]
+    return {kind: round(seconds, 3) for kind, seconds in used.items()}
+
 
 def run_deepgrid(train: Any, test: Any, workers: int, k: int, epochs: int, label: str | None = None) -> Row:
     from deepgrid.distributed.runner import ActorNetworkRunner
@@ -133,9 +174,10 @@ def run_deepgrid(train: Any, test: Any, workers: int, k: int, epochs: int, label
     runner = ActorNetworkRunner("master", train)
     try:
         runner.setup(conf)
-        set_up, cpu0 = time.perf_counter(), tree_cpu()
+        set_up, cpu0, by_process = time.perf_counter(), tree_cpu(), cpu_by_process()
         model = runner.train()
         trained, cpu = time.perf_counter(), tree_cpu() - cpu0  # master, Ray's processes and the workers
+        split = cpu_by_kind(by_process, cpu_by_process())
     finally:
         runner.shutdown()
     wall = time.perf_counter() - start
@@ -144,7 +186,7 @@ def run_deepgrid(train: Any, test: Any, workers: int, k: int, epochs: int, label
     return Row(label, runner.samples_per_s, runner.samples_trained / cpu, acc, wall, runner.train_seconds,
                runner.samples_trained,
                {"setup_s": round(set_up - start, 2), "shutdown_s": round(wall - (trained - start), 2),
-                "rounds": runner.round, "k": k, "workers": workers})
+                "rounds": runner.round, "k": k, "workers": workers}, cpu_split=split)
 
 
 def run_dbn(workers: int, quick: bool) -> Row:
@@ -228,6 +270,36 @@ def run_ray_train(train: Any, test: Any, epochs: int, world: int = 2) -> Row:
 def speedup(slow: Row, fast: Row) -> float | None:
     """``fast``'s samples/s over ``slow``'s; None when either has none (it failed)."""
     return fast.samples_per_s / slow.samples_per_s if slow.samples_per_s and fast.samples_per_s else None
+
+
+def no_wait_bound(one: Row, two: Row) -> float | None:
+    """What 2 workers / 1 worker would be if no core ever waited for a round: every CPU that (c)'s
+    other processes (master, Ray, the kernel, other people) left trains at (c)'s workers' CPU seconds
+    per sample. It bounds any way of running the rounds that keeps those processes as busy and a
+    sample as dear as they were; (f) / (a) bounds it in turn. None without (c)'s CPU split."""
+    if not (one.samples_per_s and two.samples and two.train_s and two.cpu_split.get("workers")):
+        return None
+    others = sum(v for kind, v in two.cpu_split.items() if kind != "workers") / two.train_s  # CPUs
+    per_sample = two.cpu_split["workers"] / two.samples
+    return (os.cpu_count() - others) / per_sample / one.samples_per_s
+
+
+def print_cpu_split(pairs: list[tuple[Row, Row]]) -> list[float]:
+    """Where (b)'s and (c)'s CPU went; returns each pair's no_wait_bound."""
+    print(f"\nWhere the CPU went while deepgrid trained (CPU seconds per 100,000 samples, by kind of process; "
+          f"busy: CPUs in use on average, of {os.cpu_count()})")
+    for row in (row for pair in pairs for row in pair):
+        if row.cpu_split and row.samples and row.train_s:
+            print(f"  {row.name:<42} " + ", ".join(f"{kind} {v * 1e5 / row.samples:.3f}"
+                                                   for kind, v in row.cpu_split.items())
+                  + f"; busy {sum(row.cpu_split.values()) / row.train_s:.2f}")
+    bounds = [x for x in (no_wait_bound(one, two) for one, two in pairs) if x is not None]
+    measured = [x for x in (speedup(one, two) for one, two in pairs) if x is not None]
+    if bounds and measured:
+        print("  2 workers / 1 worker if no core waited for a round (the rest of (c)'s CPU use as it was): "
+              + ", ".join(f"{x:.3f}" for x in bounds) + f" (median {statistics.median(bounds):.3f}); "
+              f"measured: median {statistics.median(measured):.3f}")
+    return bounds
 
 
 def _fmt(v: float | None, spec: str) -> str:
@@ -429,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{ceiling:.3f}; deepgrid 2 workers / (f): {_fmt(statistics.median(shares) if shares else None, '.3f')}; "
               f"2 workers / 1 worker over the ceiling: {_fmt(of_ceiling, '.3f')}")
     cpu_ratios = cpu_efficiency(rows)
+    bounds = print_cpu_split(pairs)
     print("  (not targets) samples per CPU-second, which other load does not change much: "
           + "; ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in cpu_ratios.items()))
     if sweep_rows:
@@ -450,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": {key: asdict(row) for key, row in rows.items() if not key.startswith("sweep")},
         "pair_ratios": pair_ratios,
         "ceiling_ratios": ceiling_ratios,
+        "no_wait_bounds": bounds,
         "ratios": r, "cpu_efficiency_ratios": cpu_ratios, "verdicts": {key: verdict(r[key], op, bound) for key, (_, op, bound) in TARGETS.items()},
         "sweep": [asdict(row) for row in sweep_rows],
         "dbn": [asdict(row) for row in dbn_rows], "dbn_gap_points": dbn_gap,
