@@ -140,18 +140,10 @@ def cpu_by_process() -> dict[tuple[int, int], tuple[str, float]]:
     run), ``raylet`` (with Ray's object store, through which parameters and results pass), ``gcs``, and
     ``rest`` (Ray's other processes, the kernel's threads, other people's work)."""
     tick, me, found = os.sysconf("SC_CLK_TCK"), os.getpid(), {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                text = f.read()
-        except OSError:  # it ended meanwhile
-            continue
-        name, fields = text[text.find("(") + 1 : text.rfind(")")], text[text.rfind(")") + 2 :].split()
-        kind = ("master" if int(entry) == me else "workers" if name.startswith("ray::Worker")
+    for pid, (name, _, ticks, started) in common.process_table().items():
+        kind = ("master" if pid == me else "workers" if name.startswith("ray::Worker")
                 else "raylet" if name == "raylet" else "gcs" if name == "gcs_server" else "rest")
-        found[(int(entry), int(fields[19]))] = (kind, (int(fields[11]) + int(fields[12])) / tick)
+        found[(pid, started)] = (kind, ticks / tick)
     return found
 
 
@@ -501,9 +493,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{ceiling:.3f}; deepgrid 2 workers / (f): {_fmt(statistics.median(shares) if shares else None, '.3f')}; "
               f"2 workers / 1 worker over the ceiling: {_fmt(of_ceiling, '.3f')}")
     cpu_ratios = cpu_efficiency(rows)
-    bounds = print_cpu_split(pairs)
     print("  (not targets) samples per CPU-second, which other load does not change much: "
           + "; ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in cpu_ratios.items()))
+    bounds = print_cpu_split(pairs)
     if sweep_rows:
         print_table(sweep_rows, f"Sweep: deepgrid 2 workers over K (mini-batches per averaging round), {epochs} epoch(s)")
     dbn_gap = None

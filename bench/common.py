@@ -46,6 +46,24 @@ STALE_LOCK_S = 600.0
 # -- how much CPU other people's processes took meanwhile --------------------------------------------
 
 
+def process_table() -> dict[int, tuple[str, int, int, int]]:
+    """Every process on the machine: pid -> (its name, its parent's pid, the CPU ticks it has used,
+    user and system, and when it started, in ticks since boot)."""
+    procs = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                text = f.read()
+        except OSError:  # it ended meanwhile
+            continue
+        rest = text[text.rfind(")") + 2 :].split()  # the name, in parentheses, may hold spaces
+        procs[int(d)] = (text[text.find("(") + 1 : text.rfind(")")], int(rest[1]), int(rest[11]) + int(rest[12]),
+                         int(rest[19]))
+    return procs
+
+
 class ForeignCpu(threading.Thread):
     """Samples /proc every ``interval`` s and splits CPU time between this bench's process tree
     (itself, Ray's processes it started, DDP's processes) and everything else on the machine.
@@ -71,19 +89,9 @@ class ForeignCpu(threading.Thread):
             self._sample_locked(first)
 
     def _sample_locked(self, first: bool) -> None:
-        procs: dict[int, tuple[int, int, int]] = {}  # pid: (ppid, cpu ticks, start ticks)
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            rest = text[text.rfind(")") + 2 :].split()
-            procs[int(d)] = (int(rest[1]), int(rest[11]) + int(rest[12]), int(rest[19]))
+        procs = process_table()
         children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in procs.items():
+        for pid, (_, ppid, _, _) in procs.items():
             children.setdefault(ppid, []).append(pid)
         ours, todo = set(), [os.getpid()]
         while todo:
@@ -92,7 +100,7 @@ class ForeignCpu(threading.Thread):
             todo += children.get(pid, [])
         foreign = mine = 0
         seen = {}
-        for pid, (_, cpu, started) in procs.items():
+        for pid, (_, _, cpu, started) in procs.items():
             key = (pid, started)
             before = self._seen.get(key, 0 if started >= self._boot_ticks else cpu)
             seen[key] = cpu
