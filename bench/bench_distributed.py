@@ -276,8 +276,9 @@ def no_wait_bound(one: Row, two: Row) -> float | None:
     return (os.cpu_count() - others) / per_sample / one.samples_per_s
 
 
-def print_cpu_split(pairs: list[tuple[Row, Row]]) -> list[float]:
-    """Where (b)'s and (c)'s CPU went; returns each pair's no_wait_bound."""
+def print_cpu_split(pairs: list[tuple[Row, Row]], measured: list[float]) -> list[float]:
+    """Where (b)'s and (c)'s CPU went, beside the pairs' ``measured`` ratios; returns each pair's
+    no_wait_bound."""
     print(f"\nWhere the CPU went while deepgrid trained (CPU seconds per 100,000 samples, by kind of process; "
           f"busy: CPUs in use on average, of {os.cpu_count()})")
     for row in (row for pair in pairs for row in pair):
@@ -286,7 +287,6 @@ def print_cpu_split(pairs: list[tuple[Row, Row]]) -> list[float]:
                                                    for kind, v in row.cpu_split.items())
                   + f"; busy {sum(row.cpu_split.values()) / row.train_s:.2f}")
     bounds = [x for x in (no_wait_bound(one, two) for one, two in pairs) if x is not None]
-    measured = [x for x in (speedup(one, two) for one, two in pairs) if x is not None]
     if bounds and measured:
         print("  2 workers / 1 worker if no core waited for a round (the rest of (c)'s CPU use as it was): "
               + ", ".join(f"{x:.3f}" for x in bounds) + f" (median {statistics.median(bounds):.3f}); "
@@ -495,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_ratios = cpu_efficiency(rows)
     print("  (not targets) samples per CPU-second, which other load does not change much: "
           + "; ".join(f"{k} {'-' if v is None else format(v, '.3f')}" for k, v in cpu_ratios.items()))
-    bounds = print_cpu_split(pairs)
+    bounds = print_cpu_split(pairs, pair_ratios)
     if sweep_rows:
         print_table(sweep_rows, f"Sweep: deepgrid 2 workers over K (mini-batches per averaging round), {epochs} epoch(s)")
     dbn_gap = None
